@@ -1,0 +1,214 @@
+"""Recipes: every knob of a compression run, read from YAML and overridable with `a.b=value`.
+
+Example:
+    recipe = load_recipe("default", ["train.epochs=10", "sparsity.target=0.98"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    arch: str | None = None  # "package.module:factory" for state dicts
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    trust_model: bool = False  # allow full unpickling of a whole saved module
+
+
+class DataConfig(_Section):
+    source: str = "mnist5k"  # "mnist5k" or "package.module:factory"
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of a factory
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+
+
+class FactorizeConfig(_Section):
+    depth: int = Field(3, ge=2)  # D; 3 or 4 recommended, 2 is the shallow (L1) case
+    init: Literal["balanced", "varmatch"] = "balanced"
+    layer_types: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"])
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)  # DWF epochs (sparsify + settle); the masked fine-tune is extra
+    lr: float = Field(0.05, gt=0)  # effective rate on the collapsed weights, see lr_scaling
+    lr_scaling: Literal["per_layer", "none"] = "per_layer"
+    max_lr_scale: float = Field(1000.0, ge=1)  # cap on the per-layer factor-lr multiplier
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine floor; decay needs lr > 0 to act
+    warmup_epochs: float = Field(0.0, ge=0)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    flush_denormal: bool = True  # subnormal factors are very slow on x86 CPUs
+    log_every: int = Field(10, ge=1)  # steps between controller updates / history rows
+
+
+class SparsityConfig(_Section):
+    target: float = 0.95
+    eps: float = Field(1.19e-7, gt=0)  # "zero" in the paper's convention (fp32 machine epsilon)
+    relative_threshold: float = Field(0.01, gt=0, lt=1)  # negligible: |w| < this * layer RMS
+    ramp_fraction: float = Field(0.6, gt=0, le=1)  # share of DWF epochs spent ramping to target
+    lambda_init: float = Field(1e-4, gt=0)
+    lambda_min: float = Field(1e-7, gt=0)
+    lambda_max: float = Field(1.0, gt=0)
+    gain: float = Field(1.0, gt=0)  # log-lambda change per unit of normalised sparsity error
+    max_step: float = Field(0.05, gt=0)  # bound on |log-lambda change| per controller update
+    finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after the exact cut
+    finetune_lr: float = Field(0.01, ge=0)
+
+    @field_validator("target")
+    @classmethod
+    def _target_in_open_unit_interval(cls, v: float) -> float:
+        if not (0.0 < v < 1.0) or math.isnan(v):
+            raise ValueError(f"must be strictly between 0 and 1, got {v}")
+        return v
+
+
+class ExportConfig(_Section):
+    onnx: bool = True
+    opset: int = Field(17, ge=9)
+    parity_tolerance: float = Field(1e-4, gt=0)
+
+
+class Recipe(_Section):
+    """The fully resolved configuration of a run; `recipe.model_dump()` is what reports record."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    factorize: FactorizeConfig = Field(default_factory=FactorizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def recipes_dir() -> Path:
+    """Where the built-in recipes live: inside the wheel, or `recipes/` of a source checkout."""
+    packaged = Path(str(resources.files("dwfc"))) / "recipes"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped with dwfc (`default`, `demo`, ...)."""
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def _read_yaml(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = recipes_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise InputError(
+                f"unknown recipe '{name_or_path}': built-in recipes are "
+                f"{', '.join(builtin_recipes())}, or pass a path to a .yaml file"
+            )
+    if not path.is_file():
+        raise InputError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _field_names(section: type[BaseModel]) -> list[str]:
+    return list(section.model_fields)
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> InputError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return InputError(f"unknown recipe key '{where}{key}'{hint}; valid keys: {', '.join(valid)}")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `section.key=value` override to a raw recipe mapping, in place.
+
+    The value is parsed as YAML (`3` -> int, `1e-4` -> float, `[a, b]` -> list); pydantic
+    then converts it to the field's type. Keys under a dict-typed field (e.g.
+    `model.arch_kwargs.num_classes=10`) may be new.
+    """
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise InputError(f"override '{override}' must look like section.key=value")
+    parts = key.strip().split(".")
+    if len(parts) < 2:
+        raise InputError(
+            f"override '{override}' must name a section and a key, e.g. train.epochs=10; "
+            f"sections: {', '.join(_field_names(Recipe))}"
+        )
+    section, field, *rest = parts
+    if section not in Recipe.model_fields:
+        raise _unknown_key(section, _field_names(Recipe), "")
+    section_model = Recipe.model_fields[section].annotation
+    if field not in section_model.model_fields:
+        raise _unknown_key(field, _field_names(section_model), f"{section}.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    target = data.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise InputError(f"recipe section '{section}' must be a mapping")
+    *parents, leaf = [field, *rest]
+    for name in parents:
+        target = target.setdefault(name, {})
+        if not isinstance(target, dict):
+            raise InputError(f"recipe key '{section}.{name}' is not a mapping")
+    target[leaf] = value
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    got = first.get("input")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        section_name = str(first["loc"][0])
+        section = Recipe.model_fields.get(section_name)
+        valid = _field_names(section.annotation) if section else _field_names(Recipe)
+        leaf = str(first["loc"][-1])
+        where = f"{section_name}." if section and len(first["loc"]) > 1 else ""
+        return str(_unknown_key(leaf, valid, where))
+    return f"recipe key '{loc}': {message} (got {got!r})"
+
+
+def load_recipe(
+    name_or_path: str | os.PathLike[str] | None = "default", overrides: list[str] | None = None
+) -> Recipe:
+    """Read a built-in or YAML recipe, apply `key=value` overrides, validate, return it.
+
+    Example:
+        recipe = load_recipe("demo", ["sparsity.target=0.9"])
+    """
+    data = _read_yaml(name_or_path) if name_or_path is not None else {}
+    for override in overrides or []:
+        apply_override(data, override)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_format_validation_error(exc)) from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, loadable again with `load_recipe(path)`."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

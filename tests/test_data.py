@@ -1,0 +1,178 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from dwfc.data import MNIST_MEAN, MNIST_STD, load_data, mnist5k
+from dwfc.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def split():
+    return mnist5k()
+
+
+def test_sizes_and_types(split):
+    train, test = split
+    assert isinstance(train, TensorDataset) and isinstance(test, TensorDataset)
+    (xtr, ytr), (xte, yte) = train.tensors, test.tensors
+    assert xtr.shape == (4000, 1, 28, 28) and ytr.shape == (4000,)
+    assert xte.shape == (1000, 1, 28, 28) and yte.shape == (1000,)
+    assert xtr.dtype == torch.float32 and ytr.dtype == torch.int64
+
+
+def test_stratified(split):
+    train, test = split
+    assert torch.bincount(train.tensors[1], minlength=10).tolist() == [400] * 10
+    assert torch.bincount(test.tensors[1], minlength=10).tolist() == [100] * 10
+
+
+def test_shuffled_order(split):
+    train, _ = split
+    assert len(set(train.tensors[1][:50].tolist())) > 1
+
+
+def test_deterministic(split):
+    train, test = mnist5k()
+    assert torch.equal(train.tensors[0], split[0].tensors[0])
+    assert torch.equal(train.tensors[1], split[0].tensors[1])
+    assert torch.equal(test.tensors[0], split[1].tensors[0])
+
+
+def test_split_seed_changes_split(split):
+    other, _ = mnist5k(split_seed=1)
+    assert not torch.equal(other.tensors[0], split[0].tensors[0])
+    assert torch.bincount(other.tensors[1], minlength=10).tolist() == [400] * 10
+
+
+def test_no_overlap_and_all_rows_used(split):
+    train, test = split
+
+    def rows(ds):
+        x, y = ds.tensors
+        flat = torch.cat([x.reshape(len(x), -1), y[:, None].float()], dim=1)
+        return {r.numpy().tobytes() for r in flat}
+
+    train_rows, test_rows = rows(train), rows(test)
+    assert not train_rows & test_rows
+    assert len(train_rows | test_rows) > 4990  # MNIST has a few duplicate images at most
+
+
+def test_normalisation(split):
+    x = torch.cat([split[0].tensors[0], split[1].tensors[0]])
+    pixels = x * MNIST_STD + MNIST_MEAN
+    assert pixels.min().item() == pytest.approx(0.0, abs=1e-6)
+    assert pixels.max().item() == pytest.approx(1.0, abs=1e-6)
+    steps = pixels * 255
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
+    assert x.min().item() == pytest.approx(-MNIST_MEAN / MNIST_STD, abs=1e-5)
+
+
+def test_mutating_result_does_not_touch_cache(split):
+    train, _ = mnist5k()
+    train.tensors[0].zero_()
+    again, _ = mnist5k()
+    assert torch.equal(again.tensors[0], split[0].tensors[0])
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_bad_split_seed(seed):
+    with pytest.raises(InputError, match="split_seed"):
+        mnist5k(split_seed=seed)
+
+
+def test_load_data_mnist5k(split):
+    train, test = load_data("mnist5k")
+    assert len(train) == 4000 and len(test) == 1000
+    train1, _ = load_data("mnist5k", split_seed=1)
+    assert not torch.equal(train1.tensors[0], split[0].tensors[0])
+
+
+def test_load_data_mnist5k_bad_option():
+    with pytest.raises(InputError, match="split_seed"):
+        load_data("mnist5k", root="x")
+
+
+@pytest.mark.parametrize("source", ["mnist", "cifar10", "", "mnist5k.csv"])
+def test_unknown_source(source):
+    with pytest.raises(
+        InputError, match="unknown data source .*'mnist5k' or 'package.module:factory'"
+    ):
+        load_data(source)
+
+
+FACTORY_MODULE = """
+import torch
+from torch.utils.data import TensorDataset
+
+
+def pair(n=8, scale=1.0):
+    x = torch.full((n, 1, 28, 28), scale)
+    y = torch.zeros(n, dtype=torch.long)
+    return TensorDataset(x, y), TensorDataset(x[:2], y[:2])
+
+
+def single():
+    return pair()[0]
+
+
+def triple():
+    return pair() + pair()[:1]
+
+
+def not_datasets():
+    return [1, 2, 3], [4]
+
+
+def empty():
+    return pair(n=0)
+
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    (tmp_path / "dwfc_test_factories.py").write_text(FACTORY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "dwfc_test_factories"
+
+
+def test_factory_source(factory_module):
+    train, test = load_data(f"{factory_module}:pair", n=5, scale=2.0)
+    assert len(train) == 5 and len(test) == 2
+    assert train[0][0].max().item() == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("single", r"must return a \(train, eval\) pair .* got a TensorDataset"),
+        ("triple", r"got a tuple of length 3"),
+        ("not_datasets", r"returned a list as the train set"),
+        ("empty", r"returned an empty train set"),
+        ("NOT_CALLABLE", r"not a callable"),
+        ("missing", r"has no attribute 'missing'"),
+    ],
+)
+def test_factory_wrong_result(factory_module, name, match):
+    with pytest.raises(InputError, match=match):
+        load_data(f"{factory_module}:{name}")
+
+
+def test_factory_bad_options(factory_module):
+    with pytest.raises(InputError, match="could not be called with colour='red'"):
+        load_data(f"{factory_module}:pair", colour="red")
+
+
+def test_factory_unknown_module():
+    with pytest.raises(InputError, match="--data: no module named 'no_such_data_mod'"):
+        load_data("no_such_data_mod:make")
+
+
+def test_parse_is_cached():
+    from dwfc.data import _read_mnist5k
+
+    assert _read_mnist5k() is _read_mnist5k()
+    assert np.asarray(_read_mnist5k()[0]).flags.writeable is False

@@ -1,0 +1,205 @@
+"""Tests for dwfc.report: JSON, markdown and the two PNG plots."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image as mpimg
+import pytest
+
+from dwfc.report import _epochs, _layer_sparsity_figure, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FILES = {"report.json", "layer_sparsity.png", "training.png", "report.md"}
+
+
+def _history() -> list[dict[str, Any]]:
+    rows = []
+    phases = ["sparsify"] * 10 + ["settle"] * 5 + ["finetune"] * 5
+    for i, phase in enumerate(phases):
+        epoch = 0.5 * (i + 1)
+        rows.append({
+            "phase": phase, "epoch": epoch, "step": 16 * (i + 1), "loss": 0.5 / (i + 1),
+            "train_acc": 0.9 + 0.003 * i,
+            "eval_acc": 0.95 + 0.0005 * i if i % 2 else None,
+            "sparsity_eps": min(0.93, 0.1 * i), "sparsity_rel": min(0.951, 0.11 * i),
+            "lambda": 1e-5 * 1.4**i if phase == "sparsify" else 1.5e-4,
+            "lr": 0.05, "misalignment": 0.0,
+        })
+    return rows
+
+
+def _report() -> dict[str, Any]:
+    layers = [
+        {"name": "net.1.weight", "shape": [300, 784], "weights": 235200, "nonzero": 9000,
+         "sparsity": 0.9617, "factorized": True},
+        {"name": "net.3.weight", "shape": [100, 300], "weights": 30000, "nonzero": 4000,
+         "sparsity": 0.8667, "factorized": True},
+        {"name": "net.5.weight", "shape": [10, 100], "weights": 1000, "nonzero": 310,
+         "sparsity": 0.69, "factorized": True},
+        {"name": "net.5.bias", "shape": [10], "weights": 10, "nonzero": 10,
+         "sparsity": 0.0, "factorized": False},
+    ]
+    return {
+        "dwfc_version": "0.1.0", "created": "2026-11-26T12:00:00Z",
+        "model": {"source": "model.pt", "arch": "dwfc.zoo:lenet_300_100", "parameters": 266610},
+        "data": {"source": "mnist5k", "train_samples": 4000, "eval_samples": 1000},
+        "device": "cpu",
+        "method": {"depth": 3, "init": "balanced", "weight_decay": 1e-4, "lambda": 1.5e-4,
+                   "lambda_history_max": 3e-4, "lr": 0.05, "optimizer": "sgd",
+                   "schedule": "cosine"},
+        "sparsity": {"target": 0.95, "achieved": 0.95, "reached_by_training_eps": 0.93,
+                     "reached_by_training_relative": 0.951, "eps": 1.19e-07,
+                     "relative_threshold": 0.01, "factorized_weights": 266200,
+                     "nonzero_weights": 13310, "compression_ratio": 20.0,
+                     "total_parameters": 266610, "unfactorized_parameters": 410},
+        "layers": layers,
+        "accuracy": {"original": 0.962, "before_cut": 0.958, "after_cut": 0.957,
+                     "after_finetune": 0.960, "compressed_pytorch": 0.960,
+                     "compressed_onnxruntime": 0.960},
+        "onnx": {"max_abs_diff": 2e-6, "tolerance": 1e-4, "checker": "passed", "opset": 17},
+        "files": {"dense_fp32_bytes": 1066440, "model.safetensors": 120000,
+                  "model.onnx": 1070000},
+        "timing": {"total_s": 41.2, "load_s": 0.5, "train_s": 35.0, "finetune_s": 3.0,
+                   "export_s": 2.7},
+        "history": _history(),
+        "recipe": {"name": "lenet-mnist", "dwf": {"depth": 3, "init": "balanced"},
+                   "sparsity": {"target": 0.95},
+                   "train": {"epochs": 10, "lr": 0.05, "optimizer": "sgd"}},
+    }
+
+
+@pytest.fixture
+def report() -> dict[str, Any]:
+    return _report()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """The full synthetic report, rendered once for the read-only tests."""
+    out = tmp_path_factory.mktemp("report")
+    return out, write_report(out, _report())
+
+
+def test_writes_exactly_four_files(written: tuple[Path, list[Path]]) -> None:
+    out, paths = written
+    assert [p.name for p in paths] == ["report.json", "layer_sparsity.png", "training.png",
+                                       "report.md"]
+    assert all(p.parent == out and p.is_file() and p.stat().st_size > 0 for p in paths)
+    # nothing else left behind: no temp files, hidden or not
+    assert {p.name for p in out.iterdir()} == FILES
+
+
+def test_json_round_trip_with_nan(tmp_path: Path, report: dict[str, Any]) -> None:
+    report["accuracy"]["compressed_onnxruntime"] = float("nan")
+    report["history"][3]["loss"] = float("inf")
+    original = copy.deepcopy(report)
+    write_report(tmp_path, report)
+    text = (tmp_path / "report.json").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    assert text.startswith("{\n  ")  # indent=2
+    loaded = json.loads(text)
+    expected = copy.deepcopy(original)
+    expected["accuracy"]["compressed_onnxruntime"] = None
+    expected["history"][3]["loss"] = None
+    assert loaded == expected
+    # the caller's mapping is not modified
+    assert math.isnan(report["accuracy"]["compressed_onnxruntime"])
+
+
+def test_markdown_content(written: tuple[Path, list[Path]]) -> None:
+    md = (written[0] / "report.md").read_text(encoding="utf-8")
+    assert md.startswith("# ")
+    for layer in _report()["layers"]:
+        row = next(line for line in md.splitlines() if f"`{layer['name']}`" in line)
+        assert row.startswith("|")
+        assert f"{layer['weights']:,}" in row and f"{layer['nonzero']:,}" in row
+    assert "| 300×784 |" in md
+    assert "96.17 %" in md  # layer sparsity
+    assert "95.00 %" in md  # target / achieved sparsity
+    assert "20.0x" in md
+    assert "96.20 %" in md and "96.00 %" in md  # accuracy original -> compressed
+    assert "![" in md and "](layer_sparsity.png)" in md and "](training.png)" in md
+    assert "```yaml\n" in md and "name: lenet-mnist" in md and "target: 0.95" in md
+    assert "KiB" in md and "MiB" in md
+    for section in ("## Accuracy", "## Sparsity", "## Per layer", "## Method", "## Files",
+                    "## ONNX check", "## Timing", "## Recipe"):
+        assert section in md
+    assert "passed" in md and "—" not in md.split("## ONNX check")[1].split("## Timing")[0]
+
+
+def test_yaml_recipe_keeps_order(written: tuple[Path, list[Path]]) -> None:
+    md = (written[0] / "report.md").read_text(encoding="utf-8")
+    block = md.split("```yaml\n")[1].split("```")[0]
+    keys = [line.split(":")[0] for line in block.splitlines() if not line.startswith(" ")]
+    assert keys == ["name", "dwf", "sparsity", "train"]
+
+
+def test_pngs_are_valid(written: tuple[Path, list[Path]]) -> None:
+    for name in ("layer_sparsity.png", "training.png"):
+        path = written[0] / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        img = mpimg.imread(path)
+        assert img.ndim == 3 and img.shape[0] >= 200 and img.shape[1] >= 400
+        assert float(img[..., :3].std()) > 0.01  # not a blank canvas
+
+
+def test_many_layers_scale_height(report: dict[str, Any]) -> None:
+    small = _layer_sparsity_figure(report).get_size_inches()[1]
+    report["layers"] = [
+        {"name": f"features.{i}.conv.weight", "shape": [64, 64, 3, 3], "weights": 36864,
+         "nonzero": 1000 + i, "sparsity": 0.5 + i / 130, "factorized": i % 7 != 0}
+        for i in range(60)
+    ]
+    fig = _layer_sparsity_figure(report)
+    assert fig.get_size_inches()[1] > 4 * small
+    assert len(fig.axes[0].get_yticklabels()) == 60
+
+
+def test_missing_optional_sections(tmp_path: Path, report: dict[str, Any]) -> None:
+    report["onnx"] = None
+    del report["files"]["model.onnx"]
+    report["accuracy"]["compressed_onnxruntime"] = None
+    del report["timing"]["export_s"]
+    report["recipe"] = None
+    paths = write_report(tmp_path, report)
+    assert {p.name for p in paths} == FILES
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    onnx = md.split("## ONNX check")[1].split("## Timing")[0]
+    assert "| Max abs diff (onnxruntime vs PyTorch) | — |" in onnx
+    assert "| Checker | — |" in onnx
+    onnx_row = next(line for line in md.splitlines() if "`model.onnx`" in line)
+    assert onnx_row.count("—") == 3
+    acc_row = next(line for line in md.splitlines() if "Compressed (onnxruntime)" in line)
+    assert "—" in acc_row
+    assert json.loads((tmp_path / "report.json").read_text())["onnx"] is None
+
+
+def test_sparse_report_does_not_crash(tmp_path: Path) -> None:
+    minimal: dict[str, Any] = {"model": None, "layers": [], "history": [], "sparsity": {},
+                               "method": {"depth": 2}}
+    paths = write_report(tmp_path, minimal)
+    assert {p.name for p in tmp_path.iterdir()} == FILES
+    md = paths[-1].read_text(encoding="utf-8")
+    assert "—" in md and "## Per layer" in md and "](training.png)" in md
+    for png in paths[1:3]:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_history_without_eval_or_lambda(tmp_path: Path, report: dict[str, Any]) -> None:
+    for row in report["history"]:
+        row["eval_acc"] = None
+        row["lambda"] = 0.0
+    write_report(tmp_path, report)
+    assert (tmp_path / "training.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_epochs_continue_when_a_phase_restarts_at_zero() -> None:
+    history = [{"phase": "sparsify", "epoch": 1.0}, {"phase": "sparsify", "epoch": 2.0},
+               {"phase": "finetune", "epoch": 0.5}, {"phase": "finetune", "epoch": 1.0},
+               {"phase": "finetune", "epoch": None}]
+    assert _epochs(history) == [1.0, 2.0, 2.5, 3.0, 3.0]
