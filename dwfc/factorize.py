@@ -36,6 +36,7 @@ class HadamardFactors(nn.Module):
             raise InputError(f"depth must be at least 2, got {depth}")
         self.depth = depth
         self.register_buffer("mask", None)
+        self.parameter_order: list[str] = []  # the owner's parameter names, to restore on collapse
 
     def forward(self, *factors: Tensor) -> Tensor:
         weight = factors[0]
@@ -174,7 +175,9 @@ def factorize_(
         if parametrize.is_parametrized(module, pname):
             raise InputError(f"'{name}' is already parametrized; collapse_ it first")
         weight = module._parameters[pname]
-        parametrize.register_parametrization(module, pname, HadamardFactors(depth))
+        hadamard = HadamardFactors(depth)
+        hadamard.parameter_order = list(module._parameters)
+        parametrize.register_parametrization(module, pname, hadamard)
         if init == "varmatch":
             for factor, value in zip(
                 FactorizedWeight(name, module, pname).factors,
@@ -219,7 +222,11 @@ def collapse_(model: nn.Module) -> None:
         dwfc.factorize_(model); ...train...; dwfc.collapse_(model)
     """
     for fw in list(factorized_weights(model)):
+        order = fw.parametrization.parameter_order
         parametrize.remove_parametrizations(fw.module, fw.param, leave_parametrized=True)
+        params = fw.module._parameters
+        for name in sorted(params, key=lambda n: order.index(n) if n in order else len(order)):
+            params[name] = params.pop(name)  # back to the original state_dict key order
 
 
 def misalignment(model: nn.Module) -> float:

@@ -47,7 +47,7 @@ class RichProgress:
         if not self.enabled:
             return
         if event == "stage":
-            self._progress.console.log(
+            self._progress.console.print(
                 f"{info['stage']}"
                 + (f": {info['factorized']} weights factorized" if "factorized" in info else "")
             )
@@ -64,6 +64,6 @@ class RichProgress:
         elif event == "eval" and self._task is not None:
             self._eval = f" eval {info['eval_acc']:.1%}"
         elif event == "cut":
-            self._progress.console.log(
+            self._progress.console.print(
                 f"cut to target: accuracy {info['before_cut']:.2%} -> {info['after_cut']:.2%}"
             )

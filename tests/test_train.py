@@ -1,0 +1,127 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import dwfc
+from dwfc.config import load_recipe
+from dwfc.errors import InputError
+from dwfc.train import _param_groups, _set_hyper, evaluate, resolve_device, train_dwf
+
+TINY = ["train.epochs=4", "sparsity.finetune_epochs=2", "train.log_every=2", "train.lr=0.05"]
+
+
+def _data() -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 20, generator=g)
+    y = (x[:, :4].argmax(dim=1)).long()
+    train = TensorDataset(x[:192], y[:192])
+    test = TensorDataset(x[192:], y[192:])
+    return (
+        DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)),
+        DataLoader(test, batch_size=64),
+    )
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def _run(target: float, extra: list[str] | None = None):
+    train, test = _data()
+    model = _model()
+    recipe = load_recipe("default", [*TINY, f"sparsity.target={target}", *(extra or [])])
+    dwfc.factorize_(model, depth=recipe.factorize.depth)
+    outcome = train_dwf(model, train, test, recipe, torch.device("cpu"))
+    return model, outcome
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.95])
+def test_target_sparsity_is_hit_exactly(target):
+    model, _ = _run(target)
+    dwfc.collapse_(model)
+    weights = [model[0].weight, model[2].weight]
+    n = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros == round(target * n)
+
+
+def test_masks_stay_fixed_during_the_masked_fine_tune():
+    captured = {}
+
+    def remember_cut(event, info):
+        if event == "cut":
+            captured.update(
+                {fw.name: fw.collapsed().clone() for fw in dwfc.factorized_weights(model)}
+            )
+
+    train, test = _data()
+    model = _model()
+    recipe = load_recipe("default", [*TINY, "sparsity.target=0.7", "sparsity.finetune_lr=0.05"])
+    dwfc.factorize_(model, depth=3)
+    train_dwf(model, train, test, recipe, torch.device("cpu"), callback=remember_cut)
+    for fw in dwfc.factorized_weights(model):
+        after = fw.collapsed()
+        pruned = captured[fw.name] == 0
+        assert torch.all(after[pruned] == 0)
+        assert not torch.equal(after[~pruned], captured[fw.name][~pruned])  # kept ones trained
+
+
+def test_outcome_reports_accuracies_and_history():
+    _, outcome = _run(0.8)
+    assert set(outcome.accuracy) == {"before_cut", "after_cut", "after_finetune"}
+    assert all(0.0 <= a <= 1.0 for a in outcome.accuracy.values())
+    phases = {row["phase"] for row in outcome.history}
+    assert {"sparsify", "settle", "finetune"} <= phases
+    assert outcome.lam > 0 and outcome.lam_max >= outcome.lam
+    assert sum(row["eval_acc"] is not None for row in outcome.history) == 4 + 2
+
+
+def test_seeded_cpu_runs_are_bit_for_bit_repeatable():
+    first, _ = _run(0.8)
+    second, _ = _run(0.8)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_only_factors_get_weight_decay():
+    model = _model()
+    dwfc.factorize_(model, depth=3)
+    opt = torch.optim.SGD(_param_groups(model, {"0.weight": 2.0, "2.weight": 3.0}), lr=0.1)
+    _set_hyper(opt, lr=0.1, weight_decay=0.01)
+    factor_ids = {id(f) for f in dwfc.factorize.factor_parameters(model)}
+    for group in opt.param_groups:
+        is_factor = all(id(p) in factor_ids for p in group["params"])
+        assert group["weight_decay"] == (0.01 if is_factor else 0.0)
+    lrs = sorted(group["lr"] for group in opt.param_groups)
+    assert lrs == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_evaluate_counts_top1_accuracy():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    assert (
+        evaluate(model, DataLoader(TensorDataset(x, y), batch_size=3), torch.device("cpu")) == 0.75
+    )
+
+
+def test_device_auto_and_cpu_resolve():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("spec", ["tpu", "gpu0", "mps"])
+def test_unknown_device_is_rejected(spec):
+    with pytest.raises(InputError, match="device"):
+        resolve_device(spec)
+
+
+def test_cuda_without_a_gpu_is_rejected():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(InputError, match="no CUDA device"):
+        resolve_device("cuda")
