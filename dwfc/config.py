@@ -30,16 +30,31 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = "mnist5k"  # "mnist5k" or "package.module:factory"
+    source: str = "mnist5k"  # mnist5k | a torchvision data set name | imagefolder | pkg.mod:factory
+    root: str | None = None  # local folder of a torchvision data set or ImageFolder tree
     options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of a factory
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
+    image_size: int | None = None  # resize (and centre-crop) images to this; None: per data set
+    mean: list[float] | None = None  # normalisation; None: the data set's usual values
+    std: list[float] | None = None
+    augment: bool = False  # random crop + flip on the training split (image data sets)
+    num_workers: int = Field(0, ge=0)
+
+
+DEFAULT_LAYER_TYPES = (
+    "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+    "ConvTranspose3d", "Embedding", "MultiheadAttention", "LSTM", "GRU",
+)
 
 
 class FactorizeConfig(_Section):
     depth: int = Field(3, ge=2)  # D; 3 or 4 recommended, 2 is the shallow (L1) case
     init: Literal["balanced", "varmatch"] = "balanced"
-    layer_types: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"])
+    layer_types: list[str] = Field(default_factory=lambda: list(DEFAULT_LAYER_TYPES))
+    include: list[str] = Field(default_factory=list)  # glob or "re:regex" over parameter names
+    exclude: list[str] = Field(default_factory=list)
+    depth_overrides: dict[str, int] = Field(default_factory=dict)  # pattern -> depth
 
 
 class TrainConfig(_Section):
@@ -69,6 +84,7 @@ class SparsityConfig(_Section):
     max_step: float = Field(0.05, gt=0)  # bound on |log-lambda change| per controller update
     finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after the exact cut
     finetune_lr: float = Field(0.01, ge=0)
+    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics after the cut
 
     @field_validator("target")
     @classmethod

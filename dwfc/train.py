@@ -289,7 +289,7 @@ def _masked_finetune(
             "eval_acc": None,
             "sparsity_eps": None,
             "sparsity_rel": None,
-            "lambda": 0.0,
+            "lambda": None,
             "lr": sc.finetune_lr * _cosine(step / total, 0.0),
         }
         history.append(row)
