@@ -1,8 +1,14 @@
-"""The `dwfc` command: a thin Typer shell over dwfc's Python API."""
+"""The `dwfc` command: a thin Typer shell over dwfc's Python API.
+
+Exit codes (docs/cli.md): 0 ok, 2 bad input, 3 quality gate failed, 4 training diverged,
+5 an exported file failed its check, 6 verification found a mismatch, 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,54 +32,67 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console(soft_wrap=True)
 
-Overrides = Annotated[
-    list[str] | None,
-    typer.Argument(help="Recipe overrides: key=value, e.g. train.epochs=10.", show_default=False),
-]
-RecipeOpt = Annotated[
-    str, typer.Option("--recipe", "-r", help="Built-in recipe name or a YAML file.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-
 
 def _opt(help: str, *names: str) -> Any:
     return typer.Option(*names, help=help, show_default=False)
 
 
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Recipe overrides: key=value, e.g. train.epochs=10.", show_default=False),
+]
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe or a YAML file.")]
+QuietOpt = Annotated[bool, _opt("No progress output.", "--quiet", "-q")]
+JsonOpt = Annotated[bool, _opt("Print one JSON document on stdout (logs go to stderr).", "--json")]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(document), indent=2) + "\n")
+    sys.stdout.flush()
+
+
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Turn dwfc's errors into one line on stderr and their exit code."""
+def _errors(as_json: bool = False) -> Iterator[None]:
+    """Turn dwfc's errors into one line on stderr (and a JSON document with --json)."""
     try:
         yield
     except DwfcError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if as_json:
+            _print_json({"ok": False, "error": str(exc), "exit_code": exc.exit_code})
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]: nothing was written")
+        err.print("[bold red]interrupted[/]: no output was written")
         raise typer.Exit(130) from None
 
 
 def _flag_overrides(**flags: Any) -> list[str]:
     keys = {
-        "depth": "factorize.depth",
-        "target_sparsity": "sparsity.target",
-        "data": "data.source",
-        "arch": "model.arch",
-        "device": "train.device",
-        "epochs": "train.epochs",
-        "seed": "train.seed",
-        "lr": "train.lr",
-    }
-    result = [f"{keys[name]}={value}" for name, value in flags.items() if value is not None]
-    return result
+        "depth": "factorize.depth", "target_sparsity": "sparsity.target", "data": "data.source",
+        "data_root": "data.root", "arch": "model.arch", "device": "train.device",
+        "epochs": "train.epochs", "seed": "train.seed", "lr": "train.lr",
+        "max_accuracy_drop": "gates.max_accuracy_drop", "min_sparsity": "gates.min_sparsity",
+    }  # fmt: skip
+    return [f"{keys[name]}={value}" for name, value in flags.items() if value is not None]
 
 
 def _summary(report: dict[str, Any], out_dir: Path) -> None:
     sp, acc = report["sparsity"], report["accuracy"]
     ort = acc.get("compressed_onnxruntime")
     out.print(
-        f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%}, DWF reached "
-        f"{sp['reached_by_training_relative']:.2%} by itself), CR {sp['compression_ratio']:.1f}x"
+        f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%}; DWF made "
+        f"{sp['reached_by_training_relative']:.2%} negligible by itself), "
+        f"CR {sp['compression_ratio']:.1f}x"
     )
     out.print(
         f"accuracy {acc['original']:.2%} -> {acc['compressed_pytorch']:.2%} (PyTorch)"
@@ -89,7 +108,10 @@ def compress(
     out_dir: Annotated[Path, _opt("Output folder.", "--out", "-o")] = Path("runs/dwfc"),
     depth: Annotated[int | None, _opt("D, the number of factors (>= 2).")] = None,
     target_sparsity: Annotated[float | None, _opt("Share of factorized weights to zero.")] = None,
-    data: Annotated[str | None, _opt("mnist5k or package.module:factory.")] = None,
+    data: Annotated[
+        str | None, _opt("mnist5k, a data set name, or package.module:factory.")
+    ] = None,
+    data_root: Annotated[str | None, _opt("Local folder of the data set.")] = None,
     arch: Annotated[str | None, _opt("package.module:factory that builds the model.")] = None,
     arch_kwarg: Annotated[
         list[str] | None, _opt("Factory argument key=value (repeatable).")
@@ -99,33 +121,40 @@ def compress(
     epochs: Annotated[int | None, _opt("DWF fine-tuning epochs.")] = None,
     lr: Annotated[float | None, _opt("Learning rate on the collapsed weights.")] = None,
     seed: Annotated[int | None, _opt("Random seed.")] = None,
+    max_accuracy_drop: Annotated[
+        float | None, _opt("Gate: fail (exit 3) past this loss, in points.")
+    ] = None,  # noqa: E501
+    min_sparsity: Annotated[float | None, _opt("Gate: fail (exit 3) below this sparsity.")] = None,
     recipe: RecipeOpt = "default",
     overwrite: Annotated[bool, _opt("Replace the outputs in a non-empty --out.")] = False,
+    resume: Annotated[bool, _opt("Continue from --out/checkpoint.pt.")] = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Factorize, fine-tune, cut to the target sparsity; write safetensors, ONNX and a report."""
     from .pipeline import compress as run_compress
 
-    with _errors():
+    with _errors(as_json):
         flags = _flag_overrides(
-            depth=depth,
-            target_sparsity=target_sparsity,
-            data=data,
-            arch=arch,
-            device=device,
-            epochs=epochs,
-            seed=seed,
-            lr=lr,
-        )
+            depth=depth, target_sparsity=target_sparsity, data=data, data_root=data_root,
+            arch=arch, device=device, epochs=epochs, seed=seed, lr=lr,
+            max_accuracy_drop=max_accuracy_drop, min_sparsity=min_sparsity,
+        )  # fmt: skip
         flags += [f"model.arch_kwargs.{kv}" for kv in arch_kwarg or []]
         if trust_model:
             flags.append("model.trust_model=true")
         resolved = load_recipe(recipe, [*flags, *(overrides or [])])
         with RichProgress(err, enabled=not quiet) as progress:
             report = run_compress(
-                model, out_dir, resolved, overwrite=overwrite, callback=progress.callback
-            )
-        _summary(report, out_dir)
+                model, out_dir, resolved, overwrite=overwrite, resume=resume,
+                callback=progress.callback,
+            )  # fmt: skip
+        if report.get("rank", 0) != 0:
+            return
+        if as_json:
+            _print_json({"ok": True, "out": str(out_dir), **report})
+        else:
+            _summary(report, out_dir)
 
 
 @app.command()
@@ -160,7 +189,7 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
-    ] = False,  # noqa: E501
+    ] = False,
 ) -> None:
     """Make PyTorch models sparse with Deep Weight Factorization and ship them."""
 

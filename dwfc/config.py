@@ -70,6 +70,9 @@ class TrainConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     flush_denormal: bool = True  # subnormal factors are very slow on x86 CPUs
     log_every: int = Field(10, ge=1)  # steps between controller updates / history rows
+    max_retries: int = Field(3, ge=0)  # restarts of a diverged epoch, each with half the lr
+    amp: bool = True  # bf16 autocast (and channels_last for conv nets) on CUDA; off on CPU
+    checkpoint: bool = True  # save --out/checkpoint.pt every epoch, for --resume
 
 
 class SparsityConfig(_Section):
@@ -100,6 +103,11 @@ class ExportConfig(_Section):
     parity_tolerance: float = Field(1e-4, gt=0)
 
 
+class GatesConfig(_Section):
+    max_accuracy_drop: float | None = Field(None, ge=0)  # points; fail (exit 3) above this
+    min_sparsity: float | None = Field(None, ge=0, le=1)  # fail (exit 3) below this
+
+
 class Recipe(_Section):
     """The fully resolved configuration of a run; `recipe.model_dump()` is what reports record."""
 
@@ -109,6 +117,7 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
 
 
 def recipes_dir() -> Path:

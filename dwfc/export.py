@@ -6,6 +6,7 @@ The sparse file layout follows compressed-tensors' "sparse-bitmask" format; see 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -26,7 +27,16 @@ from dwfc.errors import ExportCheckError, InputError
 FORMAT_NAME = "sparse-bitmask"
 FORMAT_KEY = "dwfc.format"
 SPARSE_KEYS_KEY = "dwfc.sparse_keys"
+HASHES_KEY = "dwfc.hashes"
+SPARSE_ONNX_FILE = "model.sparse.onnx"
 SUFFIXES = ("compressed", "bitmask", "shape", "row_offsets")
+SPARSE_ONNX_NOTE = (
+    "onnxruntime expands sparse initializers to dense tensors when it loads the model: the file "
+    "is smaller, but memory use and speed are those of the dense model.onnx"
+)
+_MAX_RANK = 64
+_MAX_ELEMENTS = 2**62  # bound on the product of a claimed shape's non-zero dimensions
+_SPARSE_ONNX_TYPES = (1, 10, 11)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE
 
 _PathLike = str | os.PathLike[str]
 
@@ -114,6 +124,35 @@ def save_sparse(
         save_file(out, str(tmp), metadata=meta)
 
 
+def _canonical_bytes(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's bytes as (numel, itemsize) uint8, with every zero value as +0 bits."""
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    raw = t.view(torch.uint8).reshape(t.numel(), t.element_size())
+    if t.is_floating_point() or t.is_complex():
+        raw = raw.masked_fill((t == 0).unsqueeze(1), 0)  # -0.0 -> +0.0, as load_sparse does
+    return raw.numpy()
+
+
+def tensor_digests(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """ "sha256:<hex>" of each tensor's dtype, shape and bytes, zeros counted as +0.0.
+
+    The hashed bytes are `b"<dtype>|<d0,d1,...>|"` (e.g. `b"float32|300,784|"`) followed by
+    the little-endian element bytes with -0.0 written as +0.0, so a state dict and the one
+    `load_sparse` restores from its sparse file hash the same. Stored by the pipeline in
+    report.json under "hashes" and in the safetensors metadata under `dwfc.hashes` (JSON).
+
+    Example:
+        tensor_digests({"w": torch.zeros(2)})["w"]  # "sha256:..."
+    """
+    out: dict[str, str] = {}
+    for name, tensor in state_dict.items():
+        head = f"{str(tensor.dtype).removeprefix('torch.')}|{','.join(map(str, tensor.shape))}|"
+        digest = hashlib.sha256(head.encode())
+        digest.update(_canonical_bytes(tensor).tobytes())
+        out[name] = "sha256:" + digest.hexdigest()
+    return out
+
+
 def _check_file(path: _PathLike) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -133,7 +172,9 @@ def read_metadata(path: _PathLike) -> dict[str, str]:
     try:
         with safe_open(str(p), framework="pt") as f:
             return dict(f.metadata() or {})
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # also pyo3's PanicException, which is not an Exception
         raise InputError(f"{p}: not a readable safetensors file ({_first_line(exc)})") from exc
 
 
@@ -144,7 +185,7 @@ def _sparse_names(p: Path, meta: Mapping[str, str]) -> list[str]:
         raise InputError(f"{p}: unknown {FORMAT_KEY} {meta[FORMAT_KEY]!r}")
     try:
         names = json.loads(meta.get(SPARSE_KEYS_KEY, "[]"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InputError(f"{p}: metadata {SPARSE_KEYS_KEY} is not a JSON list of names")
@@ -161,18 +202,23 @@ def _decompress(p: Path, name: str, parts: Mapping[str, torch.Tensor]) -> torch.
 
     shape_t, values = parts["shape"], parts["compressed"]
     bitmask, offsets = parts["bitmask"], parts["row_offsets"]
-    if shape_t.dim() != 1 or shape_t.numel() < 1 or not _is_int(shape_t):
-        raise bad(f"shape must be a non-empty 1-D int tensor, got {tuple(shape_t.shape)}")
+    if shape_t.dim() != 1 or not 1 <= shape_t.numel() <= _MAX_RANK or not _is_int(shape_t):
+        raise bad(f"shape must be a 1-D int tensor of 1 to {_MAX_RANK} dimensions")
     shape = [int(d) for d in shape_t.tolist()]
-    if any(d < 0 for d in shape):
-        raise bad(f"negative dimension in shape {shape}")
+    if any(d < 0 for d in shape) or math.prod(max(d, 1) for d in shape) > _MAX_ELEMENTS:
+        raise bad(f"implausible shape {shape}")
     rows, cols = _grid(shape)
-    # Every claim is checked against tensors actually in the file before the dense one exists.
+    # Each claim is checked against tensors actually in the file before anything of the
+    # claimed size exists: the bitmask bounds rows * cols (8 per byte), row_offsets bounds rows.
     if bitmask.dtype != torch.uint8 or tuple(bitmask.shape) != (rows, (cols + 7) // 8):
         raise bad(
             f"bitmask is {bitmask.dtype} {tuple(bitmask.shape)}, shape {shape} needs "
             f"uint8 {(rows, (cols + 7) // 8)}"
         )
+    if offsets.dim() != 1 or not _is_int(offsets) or offsets.numel() != rows:
+        raise bad(f"row_offsets must be a 1-D int tensor of {rows} entries")
+    if values.dim() != 1:
+        raise bad(f"compressed must be 1-D, got shape {tuple(values.shape)}")
     packed = bitmask.numpy()
     if cols % 8 and packed.size and np.any(packed[:, -1] >> (cols % 8)):
         raise bad("bitmask has bits set past the last column")
@@ -180,19 +226,22 @@ def _decompress(p: Path, name: str, parts: Mapping[str, torch.Tensor]) -> torch.
     mask = mask.reshape(rows, cols)
     row_counts = mask.sum(axis=1, dtype=np.int64)
     nnz = int(row_counts.sum())
-    if values.dim() != 1 or values.numel() != nnz:
+    if values.numel() != nnz:
         raise bad(f"bitmask has {nnz} set bits but compressed has {values.numel()} values")
     expected = np.cumsum(row_counts) - row_counts
-    if (
-        offsets.dim() != 1
-        or not _is_int(offsets)
-        or offsets.numel() != rows
-        or not np.array_equal(offsets.to(torch.int64).numpy(), expected)
-    ):
+    if not np.array_equal(offsets.to(torch.int64).numpy(), expected):
         raise bad("row_offsets do not match the bitmask")
-    dense = torch.zeros(rows * cols, dtype=values.dtype)
-    dense[torch.from_numpy(mask.reshape(-1))] = values
-    return dense.reshape(shape)
+    # Scatter raw bytes, not values: works for every dtype (index_put lacks some, e.g. uint16)
+    # and restores each kept value bit for bit.
+    size = values.element_size()
+    try:
+        dense = torch.zeros((rows * cols, size), dtype=torch.uint8)
+        dense[torch.from_numpy(mask.reshape(-1))] = (
+            values.reshape(-1).view(torch.uint8).reshape(nnz, size)
+        )
+        return dense.view(values.dtype).reshape(shape)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise bad(f"cannot be rebuilt as {values.dtype} {shape} ({_first_line(exc)})") from exc
 
 
 def load_sparse(path: _PathLike) -> dict[str, torch.Tensor]:
@@ -211,7 +260,9 @@ def load_sparse(path: _PathLike) -> dict[str, torch.Tensor]:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
             stored = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # also pyo3's PanicException, which is not an Exception
         raise InputError(f"{p}: not a readable safetensors file ({_first_line(exc)})") from exc
 
     names = _sparse_names(p, meta)
@@ -311,6 +362,75 @@ def export_onnx(
             raise ExportCheckError(f"{path}: ONNX checker failed: {_first_line(exc)}") from exc
 
 
+def _sparse_initializer(init: Any, min_sparsity: float) -> Any | None:
+    """A SparseTensorProto (1-D INT64 linear indices) for `init`, or None to keep it dense."""
+    from onnx import helper, numpy_helper
+
+    if init.data_type not in _SPARSE_ONNX_TYPES or len(init.dims) == 0:
+        return None
+    arr = numpy_helper.to_array(init)
+    flat = arr.reshape(-1)
+    idx = np.flatnonzero(flat)
+    if flat.size == 0 or 1.0 - idx.size / flat.size < min_sparsity:
+        return None
+    if idx.size * (8 + arr.itemsize) >= arr.nbytes:  # indices cost 8 bytes per kept value
+        return None
+    values = numpy_helper.from_array(flat[idx], init.name)
+    indices = numpy_helper.from_array(idx.astype(np.int64), f"{init.name}.indices")
+    return helper.make_sparse_tensor(values, indices, list(arr.shape))
+
+
+def export_sparse_onnx(
+    dense_onnx_path: _PathLike, out_path: _PathLike, min_sparsity: float = 0.5
+) -> bool:
+    """Rewrite mostly-zero initializers of an ONNX file as `sparse_initializer`s.
+
+    An initializer becomes a SparseTensorProto (values plus 1-D INT64 linear indices into the
+    flattened tensor) when its share of zeros is at least `min_sparsity` and that saves bytes.
+    The result must pass `onnx.checker` and load in onnxruntime; it is written atomically to
+    `out_path` only when smaller than the dense file. Returns whether it was written.
+    onnxruntime expands sparse initializers to dense on load (SPARSE_ONNX_NOTE).
+
+    Example:
+        if export_sparse_onnx("out/model.onnx", "out/model.sparse.onnx"):
+            print("smaller sparse variant written")
+    """
+    import onnx
+
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise InputError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    src = _check_file(dense_onnx_path)
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:
+        raise InputError(f"{src}: not a readable ONNX file ({_first_line(exc)})") from exc
+    graph = model.graph
+    overridable = {i.name for i in graph.input}  # an initializer that is also an input stays
+    kept, sparse = [], []
+    for init in graph.initializer:
+        converted = None if init.name in overridable else _sparse_initializer(init, min_sparsity)
+        (sparse if converted is not None else kept).append(converted or init)
+    if not sparse:
+        return False
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.sparse_initializer.extend(sparse)
+    data = model.SerializeToString()
+    if len(data) >= src.stat().st_size:
+        return False
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ExportCheckError(f"{out_path}: ONNX checker failed: {_first_line(exc)}") from exc
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(data)
+        try:
+            _session(tmp)
+        except InputError as exc:
+            raise ExportCheckError(f"{out_path}: {exc}") from exc
+    return True
+
+
 def _session(path: _PathLike) -> Any:
     import onnxruntime as ort
 
@@ -326,6 +446,15 @@ def _session(path: _PathLike) -> Any:
 def _run(session: Any, x: torch.Tensor) -> np.ndarray:
     name = session.get_inputs()[0].name
     return session.run(None, {name: x.detach().cpu().numpy()})[0]
+
+
+def onnx_outputs(path: _PathLike, batch: torch.Tensor) -> np.ndarray:
+    """The first output of the ONNX model at `path` for `batch`, run on onnxruntime's CPU.
+
+    Example:
+        logits = onnx_outputs("model.onnx", torch.randn(8, 1, 28, 28))
+    """
+    return _run(_session(path), batch)
 
 
 def onnx_max_abs_diff(path: _PathLike, model: nn.Module, batch: torch.Tensor) -> float:

@@ -143,6 +143,17 @@ def _named_targets(
     return list(targets.values())
 
 
+def _parameter_order(module: nn.Module) -> list[str]:
+    """The module's parameter names before any factorization: modules with several factorized
+    weights (LSTM/GRU `weight_ih_l{k}`/`weight_hh_l{k}`, attention q/k/v) must all restore
+    the order seen before the first one was moved into `parametrizations`."""
+    if parametrize.is_parametrized(module):
+        for plist in module.parametrizations.values():
+            if isinstance(plist[0], HadamardFactors):
+                return list(plist[0].parameter_order)
+    return list(module._parameters)
+
+
 def factorize_(
     model: nn.Module,
     depth: int = 3,
@@ -176,7 +187,7 @@ def factorize_(
             raise InputError(f"'{name}' is already parametrized; collapse_ it first")
         weight = module._parameters[pname]
         hadamard = HadamardFactors(depth)
-        hadamard.parameter_order = list(module._parameters)
+        hadamard.parameter_order = _parameter_order(module)
         parametrize.register_parametrization(module, pname, hadamard)
         if init == "varmatch":
             for factor, value in zip(

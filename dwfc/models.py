@@ -1,17 +1,19 @@
-"""Load user models: a state dict plus an architecture factory, or a whole pickled module.
+"""Load user models: a state dict plus an architecture, or a whole pickled module.
 
-`torch.load` always runs first with `weights_only=True` (no code from the file runs). Only a file
-that needs full unpickling, and only with `trust_model=True` (`--trust-model`), is loaded unsafely.
+Accepted files (docs/models.md): a state dict saved with `torch.save` (`.pt`, `.pth`) or as
+`.safetensors`, also wrapped in a checkpoint dict (`{"state_dict": ...}`, `{"model": ...}`, with
+or without DataParallel's `module.` prefix); or a whole pickled module with `trust_model=True`.
+A state dict needs `arch`: "torchvision:NAME" (built with `weights=None`) or any importable
+"package.module:factory". Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import os
-import pickle
-import warnings
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,28 @@ import torch
 from torch import nn
 
 from dwfc.errors import InputError
+from dwfc.model_files import read_model_file, short_reason
 
-__all__ = ["count_parameters", "import_object", "load_model"]
+__all__ = [
+    "build_model",
+    "count_parameters",
+    "import_object",
+    "load_model",
+    "load_model_with_notes",
+]
 
 _SHOWN_KEYS = 3
-_NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict")
+# Where checkpoint dicts keep the weights, in the order they are tried.
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+_MAX_NESTING = 3
+# Uniform key prefixes added by wrappers: DataParallel/DDP and torch.compile.
+_PREFIXES = {
+    "module.": "saved from DataParallel/DistributedDataParallel",
+    "_orig_mod.": "saved from a torch.compile'd model",
+}
+# Keyword arguments through which torchvision builders fetch pretrained weights.
+_DOWNLOAD_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+_ARCH_FORMS = "'torchvision:NAME' or 'package.module:factory'"
 
 
 def import_object(spec: str, what: str) -> Any:
@@ -73,22 +92,113 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_model(
+def build_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build the architecture `arch` with `arch_kwargs`, never with pretrained weights.
+
+    `arch` is "torchvision:NAME" (`torchvision.models.get_model(NAME, weights=None, **kwargs)`)
+    or "package.module:factory" (called as `factory(**kwargs)`). Builders from torchvision get
+    `weights=None` (and `weights_backbone=None` where they take it); asking them for pretrained
+    weights is an InputError.
+
+    Example:
+        >>> build_model("torchvision:resnet18", {"num_classes": 10}).fc.out_features
+        10
+        >>> type(build_model("dwfc.zoo:lenet5")).__name__
+        'LeNet5'
+    """
+    if not isinstance(arch, str):
+        raise InputError(f"--arch expects {_ARCH_FORMS}, got {arch!r}")
+    kwargs = dict(arch_kwargs or {})
+    module_name, sep, name = arch.strip().partition(":")
+    if sep and module_name.strip() == "torchvision":
+        return _build_torchvision(arch, name.strip(), kwargs)
+    factory = import_object(arch, "--arch")
+    if not callable(factory):
+        raise InputError(f"--arch {arch!r} is a {type(factory).__name__}, not a callable factory")
+    if str(getattr(factory, "__module__", "")).split(".")[0] == "torchvision":
+        kwargs = _without_downloads(arch, factory, kwargs)
+    return _call_factory(arch, factory, kwargs)
+
+
+def _build_torchvision(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        import torchvision.models as tvm
+    except ImportError as e:
+        raise InputError(
+            f"--arch {arch!r} needs torchvision: pip install 'dwfc[vision]', "
+            "or pass a 'package.module:factory'"
+        ) from e
+    names = tvm.list_models()
+    key = name.lower()
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=5, cutoff=0.5)
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else f"e.g. {', '.join(n for n in ('resnet18', 'mobilenet_v2', 'vgg11') if n in names)}"
+        )
+        raise InputError(
+            f"--arch {arch!r}: torchvision has no model {name!r}; {hint} "
+            "(torchvision.models.list_models() lists them all)"
+        )
+    kwargs = _without_downloads(arch, tvm.get_model_builder(key), kwargs)
+    return _call_factory(arch, lambda **kw: tvm.get_model(key, **kw), kwargs)
+
+
+def _without_downloads(
+    arch: str, builder: Callable[..., Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """`kwargs` with every pretrained-weights argument of a torchvision builder set to None."""
+    for key in _DOWNLOAD_KWARGS:
+        if kwargs.get(key) not in (None, False):
+            raise InputError(
+                f"--arch {arch!r}: {key}={kwargs[key]!r} would download pretrained weights; "
+                f"dwfc never downloads: drop {key}, the weights come from your model file"
+            )
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for key in ("weights", "weights_backbone"):
+        if key in params:
+            kwargs[key] = None
+    return kwargs
+
+
+def _call_factory(arch: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        model = factory(**kwargs)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as e:
+        shown = (
+            ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in _DOWNLOAD_KWARGS)
+            or "no arguments"
+        )
+        raise InputError(
+            f"--arch {arch!r} could not be built with {shown}: {short_reason(e)}"
+        ) from e
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"--arch {arch!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def load_model_with_notes(
     path: str | os.PathLike[str],
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     trust_model: bool = False,
-) -> nn.Module:
-    """Load a model from a PyTorch file and return it on CPU in eval mode.
+) -> tuple[nn.Module, list[str]]:
+    """Like `load_model`, and also return notes for the report on how the file was read.
 
-    A state dict needs `arch` ("package.module:factory"), called as `factory(**arch_kwargs)`;
-    the state dict must then match the model exactly. A whole pickled module needs
-    `trust_model=True`, since unpickling it runs code from the file; for such a file `arch` and
-    `arch_kwargs` are not used. A checkpoint dict holding the weights under "state_dict" or
-    "model_state_dict" is treated as that state dict.
+    Notes name what dwfc recognised and adapted, e.g. "state dict found under checkpoint['model']
+    (other entries ignored: epoch, optimizer)" or "'module.' prefix removed from every key (saved
+    from DataParallel/DistributedDataParallel)". A plain state dict gives no notes.
 
     Example:
-        >>> model = load_model("lenet5.pt", arch="dwfc.zoo:lenet5")  # doctest: +SKIP
+        >>> model, notes = load_model_with_notes("ckpt.pth", "torchvision:vgg11")  # doctest: +SKIP
     """
     file = Path(path)
     if not file.exists():
@@ -98,101 +208,52 @@ def load_model(
     if file.stat().st_size == 0:
         raise InputError(f"model file is empty: {file}")
 
-    obj = _load_checked(file, trust_model)
-    if isinstance(obj, nn.Module):
-        model = obj
-    else:
-        state_dict = _as_state_dict(obj)
-        if state_dict is None:
-            raise InputError(
-                f"{file} holds a {type(obj).__name__}, not a state dict or nn.Module: "
-                "save model.state_dict() and pass --arch, or save the whole module"
-            )
-        if arch is None:
-            raise InputError(f"{file} is a state dict: pass --arch package.module:factory")
-        model = _build(arch, dict(arch_kwargs or {}))
-        _load_state_dict(model, state_dict, file, arch)
-    return model.to("cpu").eval()
-
-
-def _load_checked(file: Path, trust_model: bool) -> Any:
-    try:
-        with warnings.catch_warnings():
-            # torch warns about pickle protocols while probing non-torch files.
-            warnings.simplefilter("ignore")
-            return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not _is_torch_checkpoint(file):
-            raise InputError(
-                f"cannot read {file} as a PyTorch file: not a torch.save checkpoint"
-            ) from e
-        safe_error = e
-    except Exception as e:
-        raise InputError(f"cannot read {file} as a PyTorch file: {_short_reason(e)}") from e
-
-    if not trust_model:
-        raise InputError(
-            f"{file} is a pickled module; loading it runs code from the file. Pass --trust-model "
-            "if you trust it, or save a state dict and pass --arch"
-        ) from safe_error
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as e:
-        raise InputError(
-            f"cannot unpickle {file}: no module named {e.name!r}; the model's classes must be "
-            "importable (install the package or add it to PYTHONPATH)"
-        ) from e
-    except Exception as e:
-        raise InputError(f"cannot read {file} as a PyTorch file: {_short_reason(e)}") from e
-    if not isinstance(obj, (nn.Module, Mapping)):
-        raise InputError(
-            f"{file} holds a {type(obj).__name__}, not an nn.Module: save the whole model "
-            "or its state dict"
+    obj, notes = read_model_file(file, trust_model)
+    found = _find_weights(obj, "checkpoint", 0)
+    if found is None:
+        raise InputError(_not_weights_message(file, obj))
+    weights, where = found
+    if where != "checkpoint":
+        notes.append(
+            f"{'module' if isinstance(weights, nn.Module) else 'state dict'} found "
+            f"under {where}{_other_entries(obj, where)}"
         )
-    return obj
+    if isinstance(weights, nn.Module):
+        if arch is not None:
+            notes.append(f"--arch {arch} ignored: the file holds a whole module")
+        return weights.to("cpu").eval(), notes
+    if arch is None:
+        raise InputError(
+            f"{file} is a state dict: pass --arch torchvision:NAME or --arch package.module:factory"
+        )
+    model = build_model(arch, arch_kwargs)
+    if arch.strip().startswith("torchvision:"):
+        notes.append(f"{arch.strip()} built with weights=None: every weight comes from {file.name}")
+    state_dict, fix_notes = _fit_keys(weights, model)
+    _load_state_dict(model, state_dict, file, arch)
+    return model.to("cpu").eval(), notes + fix_notes
 
 
-def _is_torch_checkpoint(file: Path) -> bool:
-    """True if `file` is laid out like a torch.save file (zip with data.pkl, or legacy magic)."""
-    if zipfile.is_zipfile(file):
-        try:
-            with zipfile.ZipFile(file) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return False
-        return any(name == "data.pkl" or name.endswith("/data.pkl") for name in names)
-    try:
-        with open(file, "rb") as f:
-            first = _NoGlobalsUnpickler(f).load()
-    except Exception:
-        return False
-    return isinstance(first, int) and first == torch.serialization.MAGIC_NUMBER
+def load_model(
+    path: str | os.PathLike[str],
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    trust_model: bool = False,
+) -> nn.Module:
+    """Load a model from a file and return it on CPU in eval mode.
 
+    A state dict (`.pt`, `.pth` from `torch.save`, or `.safetensors`) needs `arch`:
+    "torchvision:NAME" or "package.module:factory", built with `arch_kwargs`; the state dict
+    must then fit the model exactly. Checkpoint dicts holding the weights under "state_dict",
+    "model_state_dict", "model" or "module" are unwrapped, and a uniform "module." prefix is
+    removed. A whole pickled module needs `trust_model=True`, since unpickling it runs code from
+    the file; `arch` is then not used. See `load_model_with_notes` for what was adapted.
 
-class _NoGlobalsUnpickler(pickle.Unpickler):
-    """Reads plain data only: any reference to a class or function is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"global {module}.{name} refused")
-
-
-def _short_reason(error: BaseException) -> str:
-    if isinstance(error, EOFError):
-        return "the file ends unexpectedly (truncated?)"
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    if isinstance(error, OSError):
-        return f"corrupt or truncated file ({error.strerror or error})"
-    text = str(error).strip()
-    if isinstance(error, (KeyError, IndexError)) or not text:
-        return f"unrecognised or corrupt content ({type(error).__name__})"
-    first = text.splitlines()[0]
-    if first.startswith("[enforce fail"):
-        first = first.split("] ", 1)[-1].lstrip(". ")
-    first = first.split(". ")[0].rstrip(".")
-    if "zip archive" in first or "EOF" in first:
-        first += " (truncated or corrupt?)"
-    return first if len(first) <= 160 else first[:157] + "..."
+    Example:
+        >>> model = load_model("lenet5.pt", arch="dwfc.zoo:lenet5")  # doctest: +SKIP
+        >>> model = load_model("r18.safetensors", "torchvision:resnet18")  # doctest: +SKIP
+    """
+    return load_model_with_notes(path, arch, arch_kwargs, trust_model)[0]
 
 
 def _is_tensor_mapping(obj: Any) -> bool:
@@ -201,32 +262,88 @@ def _is_tensor_mapping(obj: Any) -> bool:
     )
 
 
-def _as_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+def _find_weights(obj: Any, where: str, depth: int) -> tuple[Any, str] | None:
+    """The state dict or module in `obj` and where it sits, e.g. "checkpoint['model']"."""
+    if isinstance(obj, nn.Module):
+        return obj, where
     if _is_tensor_mapping(obj):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for key in _NESTED_STATE_DICT_KEYS:
-            if _is_tensor_mapping(obj.get(key)):
-                return dict(obj[key])
+        return dict(obj), where
+    if isinstance(obj, Mapping) and depth < _MAX_NESTING:
+        for key in _WRAPPER_KEYS:
+            if key in obj:
+                found = _find_weights(obj[key], f"{where}[{key!r}]", depth + 1)
+                if found is not None:
+                    return found
     return None
 
 
-def _build(arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    factory = import_object(arch, "--arch")
-    if not callable(factory):
-        raise InputError(f"--arch {arch!r} is a {type(factory).__name__}, not a callable factory")
-    try:
-        model = factory(**kwargs)
-    except InputError:
-        raise
-    except (TypeError, ValueError) as e:
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
-        raise InputError(f"--arch {arch!r} could not be built with {shown}: {e}") from e
-    if not isinstance(model, nn.Module):
-        raise InputError(
-            f"--arch {arch!r} returned a {type(model).__name__}, not a torch.nn.Module"
+def _other_entries(obj: Any, where: str) -> str:
+    first = where.removeprefix("checkpoint[").split("]", 1)[0].strip("'")
+    others = [str(k) for k in obj if k != first] if isinstance(obj, Mapping) else []
+    return f" (other entries ignored: {_listing(others)})" if others else ""
+
+
+def _not_weights_message(file: Path, obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = _listing([str(k) for k in obj]) or "none"
+        return (
+            f"{file} holds a dict without a state dict (keys: {keys}): expected tensors by "
+            f"parameter name, or a checkpoint with them under {', '.join(map(repr, _WRAPPER_KEYS))}"
         )
-    return model
+    return (
+        f"{file} holds a {type(obj).__name__}, not a state dict or nn.Module: "
+        "save model.state_dict() and pass --arch, or save the whole module"
+    )
+
+
+def _fits(keys: Any, expected: Mapping[str, torch.Tensor]) -> bool:
+    """True if `keys` are the model's keys, bar BatchNorm counters old checkpoints lack."""
+    keys = set(keys)
+    return keys <= expected.keys() and all(
+        k.endswith("num_batches_tracked") for k in expected.keys() - keys
+    )
+
+
+def _strip_prefixes(
+    state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], depth: int = 0
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove uniform wrapper prefixes: DataParallel's "module.", torch.compile's "_orig_mod.",
+    and any other single first component (e.g. Lightning's "model.") if that makes keys fit."""
+    if not state_dict or _fits(state_dict, expected) or depth > _MAX_NESTING:
+        return state_dict, []
+    for prefix, why in _PREFIXES.items():
+        if all(k.startswith(prefix) for k in state_dict):
+            inner = {k[len(prefix) :]: v for k, v in state_dict.items()}
+            rest, notes = _strip_prefixes(inner, expected, depth + 1)
+            return rest, [f"{prefix!r} prefix removed from every key ({why})", *notes]
+    first = {k.split(".", 1)[0] for k in state_dict}
+    if len(first) == 1 and all("." in k for k in state_dict):
+        prefix = first.pop() + "."
+        inner = {k[len(prefix) :]: v for k, v in state_dict.items()}
+        rest, notes = _strip_prefixes(inner, expected, depth + 1)
+        if _fits(rest, expected):
+            return rest, [f"{prefix!r} prefix removed from every key", *notes]
+    return state_dict, []
+
+
+def _fit_keys(
+    state_dict: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove wrapper prefixes, fill old BatchNorm counters; return the state dict and notes."""
+    expected = model.state_dict()
+    state_dict, notes = _strip_prefixes(state_dict, expected)
+    counters = [k for k in expected if k.endswith("num_batches_tracked") and k not in state_dict]
+    if counters and _fits(state_dict, expected):
+        state_dict = {**state_dict, **{k: expected[k] for k in counters}}
+        notes.append(f"{len(counters)} BatchNorm num_batches_tracked counters missing; kept at 0")
+    dtypes = {
+        str(v.dtype).removeprefix("torch.")
+        for k, v in state_dict.items()
+        if k in expected and v.is_floating_point() and v.dtype != expected[k].dtype
+    }
+    if dtypes:
+        notes.append(f"{'/'.join(sorted(dtypes))} weights converted to the model's dtype")
+    return state_dict, notes
 
 
 def _listing(keys: list[str]) -> str:
@@ -259,5 +376,5 @@ def _load_state_dict(
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise InputError(
-            f"state dict in {file} does not fit --arch {arch}: {_short_reason(e)}"
+            f"state dict in {file} does not fit --arch {arch}: {short_reason(e)}"
         ) from e

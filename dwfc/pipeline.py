@@ -6,71 +6,50 @@ import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from . import __version__
-from ._atomic import UMASK, write_text_atomic
+from . import distributed as dist
+from ._atomic import write_text_atomic
+from .checkpoint import CHECKPOINT_NAME, StopRequest, load_checkpoint
 from .config import Recipe, recipe_to_yaml
 from .data import load_data
-from .errors import ExportCheckError, InputError
+from .errors import ExportCheckError, InputError, QualityGateFailed
 from .export import export_onnx, load_sparse, onnx_accuracy, onnx_max_abs_diff, save_sparse
 from .factorize import collapse_, factorize_, factorized_weights, layer_type_filter
+from .loop import Precision, device_name, evaluate, resolve_device
 from .models import count_parameters, load_model
+from .outputs import check_out, file_sizes, make_staging, publish
 from .report import write_report
 from .sparsity import layer_stats
-from .train import Callback, DwfOutcome, evaluate, resolve_device, train_dwf
-
-OUTPUT_FILES = (
-    "model.safetensors",
-    "model.onnx",
-    "report.json",
-    "report.md",
-    "recipe.yaml",
-    "layer_sparsity.png",
-    "training.png",
-)
+from .train import Callback, DwfOutcome, train_dwf
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """Check `out` can be written and return a fresh staging folder beside it."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"--out {out} is not empty: pass --overwrite or choose another folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-        staging.chmod(0o777 & ~UMASK)  # mkdtemp makes it 0700; it becomes the output folder
-        return staging
-    except OSError as exc:
-        raise InputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move finished outputs into `out`: one rename when `out` is new, else file by file."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    for name in OUTPUT_FILES:
-        (out / name).unlink(missing_ok=True)
-    for item in staging.iterdir():
-        os.replace(item, out / item.name)
-    staging.rmdir()
-
-
-def _loaders(train: Dataset, test: Dataset, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
+def _loaders(
+    train: Dataset, test: Dataset, recipe: Recipe, device: torch.device
+) -> tuple[DataLoader, DataLoader, torch.Generator]:
     generator = torch.Generator().manual_seed(recipe.train.seed)
-    return (
-        DataLoader(train, batch_size=recipe.data.batch_size, shuffle=True, generator=generator),
-        DataLoader(test, batch_size=recipe.data.eval_batch_size),
-    )
+    on_cuda = device.type == "cuda"
+    workers = recipe.data.num_workers or (min(4, os.cpu_count() or 1) if on_cuda else 0)
+    common = {"num_workers": workers, "pin_memory": on_cuda, "persistent_workers": workers > 0}
+    batch = recipe.data.batch_size
+    if dist.world_size() > 1:
+        sampler = DistributedSampler(train, shuffle=True, seed=recipe.train.seed)
+        batch = max(1, batch // dist.world_size())  # the recipe's batch size is the global one
+        train_loader = DataLoader(train, batch_size=batch, sampler=sampler, **common)
+    else:
+        train_loader = DataLoader(train, batch_size=batch, shuffle=True, generator=generator,
+                                  **common)  # fmt: skip
+    eval_loader = DataLoader(test, batch_size=recipe.data.eval_batch_size, **common)
+    return train_loader, eval_loader, generator
 
 
 def _check_fit(model: nn.Module, loader: DataLoader) -> torch.Tensor:
@@ -79,7 +58,7 @@ def _check_fit(model: nn.Module, loader: DataLoader) -> torch.Tensor:
     try:
         with torch.no_grad():
             logits = model.eval()(x)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise InputError(
             f"the model cannot take the data's input of shape {tuple(x.shape[1:])}: "
             f"{str(exc).splitlines()[0]}"
@@ -92,26 +71,20 @@ def _check_fit(model: nn.Module, loader: DataLoader) -> torch.Tensor:
     return x
 
 
-def _layers(model: nn.Module, factorized: set[str]) -> list[dict[str, Any]]:
-    state = {k: v for k, v in model.state_dict().items() if k in factorized}
+def _layers(model: nn.Module, factorized: list[str]) -> list[dict[str, Any]]:
+    state = model.state_dict()
     return [
-        {
-            "name": s.name,
-            "shape": s.shape,
-            "weights": s.weights,
-            "nonzero": s.nonzero,
-            "sparsity": s.sparsity,
-            "factorized": True,
-        }
-        for s in layer_stats(state)
-    ]
+        {"name": s.name, "shape": s.shape, "weights": s.weights, "nonzero": s.nonzero,
+         "sparsity": s.sparsity, "factorized": True}
+        for s in layer_stats({name: state[name] for name in factorized})
+    ]  # fmt: skip
 
 
 def _sparsity_summary(
-    stats: list[dict[str, Any]], recipe: Recipe, outcome: DwfOutcome, total_params: int
+    layers: list[dict[str, Any]], recipe: Recipe, outcome: DwfOutcome, total_params: int
 ) -> dict[str, Any]:
-    weights = sum(s["weights"] for s in stats)
-    nonzero = sum(s["nonzero"] for s in stats)
+    weights = sum(s["weights"] for s in layers)
+    nonzero = sum(s["nonzero"] for s in layers)
     return {
         "target": recipe.sparsity.target,
         "achieved": 1.0 - nonzero / weights,
@@ -128,14 +101,9 @@ def _sparsity_summary(
 
 
 def _export(
-    model: nn.Module,
-    staging: Path,
-    factorized: list[str],
-    example: torch.Tensor,
-    eval_loader: DataLoader,
-    recipe: Recipe,
-    summary: dict[str, Any],
-) -> dict[str, Any]:
+    model: nn.Module, staging: Path, factorized: list[str], example: torch.Tensor,
+    eval_loader: DataLoader, recipe: Recipe, summary: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metadata = {
         "dwfc.version": __version__,
@@ -145,9 +113,8 @@ def _export(
     sparse_path = staging / "model.safetensors"
     save_sparse(state, sparse_path, factorized, metadata)
     restored = load_sparse(sparse_path)
-    if restored.keys() != state.keys() or not all(
-        torch.equal(restored[k], state[k]) for k in state
-    ):
+    same_keys = restored.keys() == state.keys()
+    if not same_keys or any(not torch.equal(restored[k], v) for k, v in state.items()):
         raise ExportCheckError("model.safetensors does not restore the collapsed weights exactly")
     result: dict[str, Any] = {"onnx": None, "onnx_accuracy": None}
     if recipe.export.onnx:
@@ -160,14 +127,39 @@ def _export(
                 f"onnxruntime output differs from PyTorch by {diff:.3g} "
                 f"(tolerance {recipe.export.parity_tolerance:g})"
             )
-        result["onnx"] = {
-            "max_abs_diff": diff,
-            "tolerance": recipe.export.parity_tolerance,
-            "checker": "passed",
-            "opset": recipe.export.opset,
-        }
+        result["onnx"] = {"max_abs_diff": diff, "tolerance": recipe.export.parity_tolerance,
+                          "checker": "passed", "opset": recipe.export.opset}  # fmt: skip
         result["onnx_accuracy"] = onnx_accuracy(onnx_path, eval_loader)
     return result
+
+
+def _gates(recipe: Recipe, report: dict[str, Any]) -> list[dict[str, Any]]:
+    gates = []
+    drop = recipe.gates.max_accuracy_drop
+    if drop is not None:
+        acc = report["accuracy"]
+        lost = 100.0 * (acc["original"] - acc["compressed_pytorch"])
+        gates.append({"gate": "max_accuracy_drop", "threshold": drop, "value": lost,
+                      "passed": lost <= drop})  # fmt: skip
+    floor = recipe.gates.min_sparsity
+    if floor is not None:
+        achieved = report["sparsity"]["achieved"]
+        gates.append({"gate": "min_sparsity", "threshold": floor, "value": achieved,
+                      "passed": achieved >= floor})  # fmt: skip
+    return gates
+
+
+def _resume_payload(out: Path, recipe: Recipe) -> dict[str, Any]:
+    payload = load_checkpoint(out / CHECKPOINT_NAME)
+    saved, now = payload["recipe"], recipe.model_dump(mode="json")
+    for section, values in now.items():
+        for key, value in values.items():
+            if section != "export" and saved.get(section, {}).get(key) != value:
+                raise InputError(
+                    f"--resume: {section}.{key} is {value!r} but the checkpoint was made with "
+                    f"{saved.get(section, {}).get(key)!r}; resume with the same settings"
+                )
+    return payload
 
 
 def compress(
@@ -176,23 +168,30 @@ def compress(
     recipe: Recipe | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     callback: Callback | None = None,
 ) -> dict[str, Any]:
     """Compress the model in `model_path` with DWF and write the outputs into `out_dir`.
 
     Returns the report (also written as report.json). Outputs appear only when every stage
-    succeeded; on any error `out_dir` is left as it was.
+    succeeded; a checkpoint (`out_dir/checkpoint.pt`) is kept after every epoch so that an
+    interrupted run continues with `resume=True`. Under torchrun, every rank trains and rank 0
+    alone writes.
 
     Example:
         report = compress("lenet.pt", "runs/lenet", load_recipe("default", [
             "model.arch=dwfc.zoo:lenet_300_100", "sparsity.target=0.95"]))
     """
     recipe = recipe or Recipe()
-    emit = callback or (lambda event, info: None)
     started = time.perf_counter()
     out = Path(out_dir)
     device = resolve_device(recipe.train.device)
-    staging = _prepare_out(out, overwrite)
+    check_out(out, overwrite, resume)
+    payload = _resume_payload(out, recipe) if resume else None
+    distributed = dist.init(device)
+    main = dist.is_main()
+    emit = callback if (callback is not None and main) else (lambda event, info: None)
+    staging: Path | None = None
     try:
         torch.manual_seed(recipe.train.seed)
         timing: dict[str, float] = {}
@@ -201,85 +200,91 @@ def compress(
             model_path, recipe.model.arch, recipe.model.arch_kwargs, recipe.model.trust_model
         )
         train_set, eval_set = load_data(recipe.data.source, **recipe.data.options)
-        train_loader, eval_loader = _loaders(train_set, eval_set, recipe)
+        train_loader, eval_loader, generator = _loaders(train_set, eval_set, recipe, device)
         example = _check_fit(model, eval_loader)
         total_params = count_parameters(model)
         model.to(device)
-        original_acc = evaluate(model, eval_loader, device)
+        precision = Precision.for_device(device, model, enabled=recipe.train.amp)
+        original_acc = evaluate(model, eval_loader, device, precision)
         timing["load_s"] = time.perf_counter() - started
 
-        factorize_(
-            model,
-            depth=recipe.factorize.depth,
-            init=recipe.factorize.init,
-            filter_fn=layer_type_filter(recipe.factorize.layer_types),
-        )
+        factorize_(model, depth=recipe.factorize.depth, init=recipe.factorize.init,
+                   filter_fn=layer_type_filter(recipe.factorize.layer_types))  # fmt: skip
+        if precision.channels_last:
+            model.to(memory_format=torch.channels_last)
         factorized = [fw.name for fw in factorized_weights(model)]
+        forward_model = model
+        if distributed:
+            device_ids = [device.index] if device.type == "cuda" else None
+            forward_model = DistributedDataParallel(model, device_ids=device_ids)
         emit("stage", {"stage": "train", "factorized": len(factorized)})
-        outcome = train_dwf(model, train_loader, eval_loader, recipe, device, emit)
+        with StopRequest() as stop:
+            outcome = train_dwf(
+                model, train_loader, eval_loader, recipe, device, emit, precision=precision,
+                forward_model=forward_model, resume=payload,
+                checkpoint=out / CHECKPOINT_NAME if recipe.train.checkpoint else None,
+                loader_generator=generator, stop=stop,
+            )  # fmt: skip
         timing.update(outcome.timing)
 
         collapse_(model)
-        compressed_acc = evaluate(model, eval_loader, device)
-        layers = _layers(model, set(factorized))
+        compressed_acc = evaluate(model, eval_loader, device, precision)
+        layers = _layers(model, factorized)
         summary = _sparsity_summary(layers, recipe, outcome, total_params)
+        if not main:
+            return {"sparsity": summary, "rank": dist.rank()}
 
         emit("stage", {"stage": "export"})
         export_started = time.perf_counter()
+        staging = make_staging(out)
         exported = _export(model, staging, factorized, example, eval_loader, recipe, summary)
         timing["export_s"] = time.perf_counter() - export_started
         timing["total_s"] = time.perf_counter() - started
-
         report = {
             "dwfc_version": __version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {
-                "source": str(model_path),
-                "arch": recipe.model.arch,
-                "parameters": total_params,
-            },
-            "data": {
-                "source": recipe.data.source,
-                "train_samples": len(train_set),
-                "eval_samples": len(eval_set),
-            },
-            "device": str(device),
+            "model": {"source": str(model_path), "arch": recipe.model.arch,
+                      "parameters": total_params},
+            "data": {"source": recipe.data.source, "train_samples": len(train_set),
+                     "eval_samples": len(eval_set)},
+            "device": device_name(device),
+            "precision": precision.describe(),
+            "world_size": dist.world_size(),
+            "resumed": resume,
             "method": {
-                "depth": recipe.factorize.depth,
-                "init": recipe.factorize.init,
-                "weight_decay": 2 * outcome.lam / recipe.factorize.depth,
-                "lambda": outcome.lam,
-                "lambda_history_max": outcome.lam_max,
-                "lr": recipe.train.lr,
-                "optimizer": "sgd",
-                "schedule": recipe.train.schedule,
+                "depth": recipe.factorize.depth, "init": recipe.factorize.init,
+                "weight_decay": 2 * outcome.lam / recipe.factorize.depth, "lambda": outcome.lam,
+                "lambda_history_max": outcome.lam_max, "lr": recipe.train.lr,
+                "optimizer": "sgd", "schedule": recipe.train.schedule,
+                "divergence_restarts": outcome.retries,
             },
             "sparsity": summary,
             "layers": layers,
             "accuracy": {
-                "original": original_acc,
-                **outcome.accuracy,
+                "original": original_acc, **outcome.accuracy,
                 "compressed_pytorch": compressed_acc,
                 "compressed_onnxruntime": exported["onnx_accuracy"],
             },
             "onnx": exported["onnx"],
-            "files": _file_sizes(staging, total_params),
+            "files": file_sizes(staging, total_params),
             "timing": timing,
             "history": outcome.history,
             "recipe": recipe.model_dump(mode="json"),
-        }
+        }  # fmt: skip
+        report["gates"] = _gates(recipe, report)
         write_text_atomic(staging / "recipe.yaml", recipe_to_yaml(recipe))
         write_report(staging, report)
-        _publish(staging, out)
+        publish(staging, out)
+        failed = [g for g in report["gates"] if not g["passed"]]
+        if failed:
+            raise QualityGateFailed(
+                "quality gate failed: " + "; ".join(
+                    f"{g['gate']} {g['value']:.4g} (limit {g['threshold']:g})" for g in failed
+                ) + f"; the report in {out} shows why"
+            )  # fmt: skip
         return report
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _file_sizes(folder: Path, total_params: int) -> dict[str, int]:
-    sizes = {"dense_fp32_bytes": 4 * total_params}
-    for name in ("model.safetensors", "model.onnx"):
-        if (folder / name).exists():
-            sizes[name] = (folder / name).stat().st_size
-    return sizes
+        if distributed:
+            dist.shutdown()

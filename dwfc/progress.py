@@ -1,4 +1,4 @@
-"""Progress for the CLI: turns the library's callback events into a rich progress bar."""
+"""Progress for the CLI: the library's callback events as a rich bar, or as plain log lines."""
 
 from __future__ import annotations
 
@@ -15,12 +15,24 @@ from rich.progress import (
 )
 
 
+def _stats(info: dict[str, Any]) -> str:
+    text = f"loss {info['loss']:.3f} acc {info['train_acc']:.1%}"
+    if info.get("sparsity_rel") is not None:
+        text += f" sparsity {info['sparsity_rel']:.1%} λ {info['lambda']:.1e}"
+    return text
+
+
 class RichProgress:
-    """Context manager whose `callback(event, info)` drives one bar per training phase."""
+    """Context manager whose `callback(event, info)` reports training progress on `console`.
+
+    On a terminal: one live bar per phase with loss, accuracy, sparsity, lambda and ETA.
+    Elsewhere (CI logs, pipes): one plain line per epoch. `enabled=False` prints nothing.
+    """
 
     def __init__(self, console: Console, enabled: bool = True) -> None:
         self.console = console
         self.enabled = enabled
+        self.live = enabled and console.is_terminal
         self._progress = Progress(
             TextColumn("[bold]{task.description:<9}"),
             BarColumn(),
@@ -30,10 +42,11 @@ class RichProgress:
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=console,
-            disable=not enabled,
+            disable=not self.live,
         )
         self._task: Any = None
         self._offset = 0
+        self._last: dict[str, Any] = {}
         self._eval = ""
 
     def __enter__(self) -> RichProgress:
@@ -43,27 +56,40 @@ class RichProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
 
+    def _print(self, text: str) -> None:
+        self._progress.console.print(text, highlight=False, soft_wrap=True)
+
     def callback(self, event: str, info: dict[str, Any]) -> None:
         if not self.enabled:
             return
         if event == "stage":
-            self._progress.console.print(
-                f"{info['stage']}"
-                + (f": {info['factorized']} weights factorized" if "factorized" in info else "")
-            )
+            extra = f": {info['factorized']} weights factorized" if "factorized" in info else ""
+            self._print(f"{info['stage']}{extra}")
         elif event == "phase":
-            self._task = self._progress.add_task(info["phase"], total=info["total_steps"], stats="")
             self._offset = info.get("first_step", 0)
             self._eval = ""
-        elif event == "log" and self._task is not None:
-            step = info["step"] - self._offset
-            stats = f"loss {info['loss']:.3f} acc {info['train_acc']:.1%}"
-            if info.get("sparsity_rel") is not None:
-                stats += f" sparsity {info['sparsity_rel']:.1%} λ {info['lambda']:.1e}"
-            self._progress.update(self._task, completed=step, stats=stats + self._eval)
-        elif event == "eval" and self._task is not None:
+            if self.live:
+                self._task = self._progress.add_task(
+                    info["phase"], total=info["total_steps"], stats=""
+                )
+        elif event == "log":
+            self._last = info
+            if self._task is not None:
+                self._progress.update(
+                    self._task, completed=info["step"] - self._offset,
+                    stats=_stats(info) + self._eval,
+                )  # fmt: skip
+        elif event == "eval":
             self._eval = f" eval {info['eval_acc']:.1%}"
+            if not self.live:
+                stats = _stats(self._last) if self._last else ""
+                self._print(f"{info['phase']} epoch {info['epoch']}: {stats}{self._eval}")
         elif event == "cut":
-            self._progress.console.print(
+            self._print(
                 f"cut to target: accuracy {info['before_cut']:.2%} -> {info['after_cut']:.2%}"
+            )
+        elif event == "diverged":
+            self._print(
+                f"[yellow]loss diverged[/]: restarting the epoch with learning rate x"
+                f"{info['lr_factor']:g} (restart {info['retry']})"
             )

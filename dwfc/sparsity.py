@@ -115,3 +115,6 @@ class SparsityController:
 
     def state_dict(self) -> dict[str, float]:
         return {"lam": self.lam, "start": self.start, "history_max": self.history_max}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.lam, self.start, self.history_max = state["lam"], state["start"], state["history_max"]

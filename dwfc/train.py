@@ -1,27 +1,39 @@
-"""Fine-tuning a factorized model: DWF (sparsify -> settle), the exact cut, the masked fine-tune.
+"""DWF fine-tuning: sparsify -> settle (lambda steered by the controller), exact cut, masked
+fine-tune; resumable from checkpoints, restartable after divergence, DDP-aware.
 
-Only the factors get weight decay: wd = 2 * lambda / D on every factor is exactly the
-L_{2/D} penalty lambda * sum |w|^(2/D) on the collapsed weights (docs/method.md).
+Only the factors get weight decay: wd = 2 * lambda / D on every factor is exactly the L_{2/D}
+penalty lambda * sum |w|^(2/D) on the collapsed weights (docs/method.md).
 Progress reaches the caller through `callback(event, info)`; the library prints nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
+from . import distributed as dist
+from .checkpoint import StopRequest, rng_state, save_checkpoint, set_rng_state
 from .config import Recipe
-from .errors import DwfcError, InputError
+from .errors import Interrupted, TrainingDiverged
 from .factorize import factorized_weights, set_masks
+from .loop import (
+    FP32,
+    Precision,
+    evaluate,
+    flush_denormal,
+    resolve_device,
+    run_epoch,
+)
 from .sparsity import (
     SparsityController,
     collapsed_weights,
@@ -31,12 +43,7 @@ from .sparsity import (
 )
 
 Callback = Callable[[str, dict[str, Any]], None]
-
-
-class TrainingDiverged(DwfcError):
-    """The loss became NaN or infinite."""
-
-    exit_code = 4
+__all__ = ["Callback", "DwfOutcome", "TrainingDiverged", "evaluate", "resolve_device", "train_dwf"]
 
 
 @dataclass
@@ -50,46 +57,8 @@ class DwfOutcome:
     lam: float = 0.0
     lam_max: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cpu', 'cuda', 'cuda:N' are checked."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise InputError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device '{spec}' asked for, but no CUDA device is available")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device '{spec}': use auto, cpu, cuda or cuda:N")
-    return device
-
-
-@contextlib.contextmanager
-def flush_denormal(enabled: bool) -> Iterator[None]:
-    """Treat subnormal floats as zero on CPU: decaying factors are otherwise ~100x slower."""
-    active = enabled and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if active:
-            torch.set_flush_denormal(False)
-
-
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-    """Top-1 accuracy of `model` over `loader`, as a fraction."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            correct += int((model(x).argmax(dim=1) == y).sum())
-            total += y.numel()
-    model.train(was_training)
-    return correct / total if total else 0.0
+    retries: int = 0
+    lr_factor: float = 1.0
 
 
 def _lr_scales(rms: dict[str, float], depth: int, mode: str, cap: float) -> dict[str, float]:
@@ -121,44 +90,234 @@ def _set_hyper(opt: torch.optim.Optimizer, lr: float, weight_decay: float) -> No
         group["weight_decay"] = weight_decay if group["factor"] else 0.0
 
 
-def _train_steps(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    epochs: int,
-    on_step: Callable[[int, torch.optim.Optimizer], None],
-    on_log: Callable[[int, float, float], None],
-    on_epoch: Callable[[int], None],
-    opt: torch.optim.Optimizer,
-    log_every: int,
-) -> None:
-    step = 0
-    model.train()
-    for epoch in range(epochs):
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            on_step(step, opt)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += loss.detach() * y.numel()
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += y.numel()
-            if step % log_every == 0:
-                mean_loss = float(loss_sum) / seen  # a device sync, only every log_every steps
-                if not math.isfinite(mean_loss):
+class _DwfRun:
+    """The state of one DWF fine-tuning run, so it can be checkpointed and resumed."""
+
+    def __init__(
+        self, model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader,
+        recipe: Recipe, device: torch.device, emit: Callback, precision: Precision,
+        forward_model: nn.Module, checkpoint: Path | None, loader_generator: torch.Generator | None,
+        stop: StopRequest | None,
+    ) -> None:  # fmt: skip
+        self.model, self.forward_model = model, forward_model
+        self.train_loader, self.eval_loader = train_loader, eval_loader
+        self.recipe, self.device, self.emit, self.precision = recipe, device, emit, precision
+        self.checkpoint, self.loader_generator, self.stop = checkpoint, loader_generator, stop
+        tc, sc = recipe.train, recipe.sparsity
+        weights = collapsed_weights(model)
+        rms = layer_rms(weights)
+        self.rel = {n: sc.relative_threshold * r for n, r in rms.items()}
+        self.ctl = SparsityController(
+            target=sc.target, lam=sc.lambda_init, start=fraction_below(weights, self.rel),
+            lam_min=sc.lambda_min, lam_max=sc.lambda_max, gain=sc.gain, max_step=sc.max_step,
+        )  # fmt: skip
+        self.scales = _lr_scales(rms, recipe.factorize.depth, tc.lr_scaling, tc.max_lr_scale)
+        self.opt = torch.optim.SGD(
+            _param_groups(model, self.scales), lr=tc.lr, momentum=tc.momentum
+        )
+        self.steps_per_epoch = len(train_loader)
+        self.total = tc.epochs * self.steps_per_epoch
+        self.ramp = max(1, round(sc.ramp_fraction * self.total))
+        self.out = DwfOutcome()
+        self.phase, self.epoch, self.step = "dwf", 0, 0
+        self.masks: dict[str, torch.Tensor] | None = None
+
+    # -- schedules -------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        tc = self.recipe.train
+        warmup = round(tc.warmup_epochs * self.steps_per_epoch)
+        if step < warmup:
+            base = tc.lr * (step + 1) / warmup
+        elif tc.schedule == "cosine":
+            base = tc.lr * _cosine(step / self.total, tc.min_lr_ratio)
+        else:
+            base = tc.lr
+        return base * self.out.lr_factor
+
+    def finetune_lr_at(self, step: int) -> float:
+        sc = self.recipe.sparsity
+        total = max(1, sc.finetune_epochs * self.steps_per_epoch)
+        return sc.finetune_lr * _cosine((step - self.total) / total, 0.0) * self.out.lr_factor
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _before_dwf_step(self, step: int) -> None:
+        _set_hyper(self.opt, self.lr_at(step), 2.0 * self.ctl.lam / self.recipe.factorize.depth)
+
+    def _before_finetune_step(self, step: int) -> None:
+        _set_hyper(self.opt, self.finetune_lr_at(step), 0.0)
+
+    def _row(self, phase: str, step: int, loss: float | None, acc: float | None) -> dict[str, Any]:
+        row = {
+            "phase": phase, "epoch": step / self.steps_per_epoch, "step": step, "loss": loss,
+            "train_acc": acc, "eval_acc": None, "sparsity_eps": None, "sparsity_rel": None,
+            "lambda": None, "lr": None,
+        }  # fmt: skip
+        if phase == "finetune":
+            row["lr"] = self.finetune_lr_at(step - 1)
+        else:
+            weights = collapsed_weights(self.model)
+            row.update(
+                sparsity_eps=fraction_below(weights, self.recipe.sparsity.eps),
+                sparsity_rel=fraction_below(weights, self.rel),
+                **{"lambda": self.ctl.lam, "lr": self.lr_at(step - 1)},
+            )
+        return row
+
+    def _log_dwf(self, step: int, loss: float, acc: float) -> None:
+        row = self._row("sparsify" if step <= self.ramp else "settle", step, loss, acc)
+        self.out.history.append(row)
+        self.emit("log", row)
+        self.ctl.update(step / self.ramp, row["sparsity_rel"])
+        self.ctl.lam = dist.broadcast_float(self.ctl.lam, self.device)
+
+    def _log_finetune(self, step: int, loss: float, acc: float) -> None:
+        row = self._row("finetune", step, loss, acc)
+        self.out.history.append(row)
+        self.emit("log", row)
+
+    def _should_stop(self) -> bool:
+        return self.stop is not None and dist.any_true(self.stop.requested, self.device)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state(self, batches_done: int = 0, epoch_start_loader: Any = None) -> dict[str, Any]:
+        return {
+            "phase": self.phase, "epoch": self.epoch, "step": self.step,
+            "batches_done": batches_done, "epoch_start_loader": epoch_start_loader,
+            "model": copy.deepcopy(self.model.state_dict()),
+            "masks": self.masks, "optimizer": copy.deepcopy(self.opt.state_dict()),
+            "controller": self.ctl.state_dict(), "rng": rng_state(self.loader_generator),
+            "outcome": copy.deepcopy(vars(self.out)),
+            "recipe": self.recipe.model_dump(mode="json"),
+        }  # fmt: skip
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.phase, self.epoch, self.step = payload["phase"], payload["epoch"], payload["step"]
+        self.masks = payload["masks"]
+        if self.masks is not None:
+            set_masks(self.model, self.masks)
+        self.model.load_state_dict(payload["model"])
+        self.opt.load_state_dict(payload["optimizer"])
+        self.ctl.load_state_dict(payload["controller"])
+        self.out = DwfOutcome(**copy.deepcopy(payload["outcome"]))
+        set_rng_state(payload["rng"], self.loader_generator)
+
+    def _save(self, payload: dict[str, Any]) -> None:
+        if self.checkpoint is not None and dist.is_main():
+            save_checkpoint(self.checkpoint, payload)
+
+    # -- phases ----------------------------------------------------------------------------
+    def _epoch(self, resume: dict[str, Any] | None) -> None:
+        """One epoch of the current phase, restarted at most `max_retries` times on divergence."""
+        good = resume or self.state()
+        skip = good.get("batches_done", 0) if resume else 0
+        while True:
+            if skip and good.get("epoch_start_loader") is not None and self.loader_generator:
+                self.loader_generator.set_state(good["epoch_start_loader"])
+            start_loader = self.loader_generator.get_state() if self.loader_generator else None
+            if isinstance(self.train_loader.sampler, DistributedSampler):
+                offset = 0 if self.phase == "dwf" else self.recipe.train.epochs
+                self.train_loader.sampler.set_epoch(self.epoch + offset)
+            try:
+                dwf = self.phase == "dwf"
+                step, stopped = run_epoch(
+                    self.forward_model, self.train_loader, self.opt, self.device,
+                    first_step=self.step, log_every=self.recipe.train.log_every,
+                    before_step=self._before_dwf_step if dwf else self._before_finetune_step,
+                    on_log=self._log_dwf if dwf else self._log_finetune,
+                    precision=self.precision, skip_batches=skip,
+                    restore_rng=(lambda: set_rng_state(good["rng"], None)) if skip else None,
+                    should_stop=self._should_stop,
+                )  # fmt: skip
+            except TrainingDiverged as exc:
+                if self.out.retries >= self.recipe.train.max_retries:
                     raise TrainingDiverged(
-                        f"training diverged at step {step} (loss {mean_loss}); "
+                        f"{exc} after {self.out.retries} restarts with smaller learning rates; "
                         "lower train.lr or sparsity.lambda_max"
+                        + ("; the last good checkpoint is kept" if self.checkpoint else "")
+                    ) from None
+                retries, factor = self.out.retries + 1, self.out.lr_factor * 0.5
+                self.restore(good)
+                self.out.retries, self.out.lr_factor = retries, factor
+                self.emit("diverged", {"retry": retries, "lr_factor": factor})
+                skip = good.get("batches_done", 0) if good is resume else 0
+                continue
+            batches_done = step - self.step + skip
+            self.step = step
+            if stopped:
+                self._save(self.state(batches_done, start_loader))
+                raise Interrupted(
+                    "interrupted: checkpoint saved" + (
+                        f" in {self.checkpoint}; rerun with --resume to continue"
+                        if self.checkpoint else ""
                     )
-                on_log(step, mean_loss, float(correct) / seen)
-        on_epoch(epoch + 1)
+                )  # fmt: skip
+            return
+
+    def _end_of_epoch(self) -> None:
+        self.epoch += 1
+        acc = evaluate(self.model, self.eval_loader, self.device, self.precision)
+        if self.out.history:
+            self.out.history[-1]["eval_acc"] = acc
+        self.emit("eval", {"phase": self.phase, "epoch": self.epoch, "eval_acc": acc})
+        self._save(self.state())
+
+    def _cut(self) -> None:
+        sc = self.recipe.sparsity
+        weights = collapsed_weights(self.model)
+        self.out.sparsity_eps = fraction_below(weights, sc.eps)
+        self.out.sparsity_relative = fraction_below(weights, self.rel)
+        self.out.lam, self.out.lam_max = self.ctl.lam, self.ctl.history_max
+        self.out.accuracy["before_cut"] = evaluate(
+            self.model, self.eval_loader, self.device, self.precision
+        )
+        masks = global_magnitude_masks(weights, sc.target)
+        shared = dist.broadcast_tensors({n: m.to(torch.uint8) for n, m in masks.items()})
+        self.masks = {n: m.bool() for n, m in shared.items()}
+        set_masks(self.model, self.masks)
+        self.out.accuracy["after_cut"] = evaluate(
+            self.model, self.eval_loader, self.device, self.precision
+        )
+        self.emit("cut", dict(self.out.accuracy))
+        self.phase, self.epoch = "finetune", 0
+        self.opt = torch.optim.SGD(
+            _param_groups(self.model, self.scales), lr=sc.finetune_lr,
+            momentum=self.recipe.train.momentum,
+        )  # fmt: skip
+
+    def run(self, resume: dict[str, Any] | None) -> DwfOutcome:
+        if resume is not None:
+            if resume["phase"] == "finetune" and self.masks is None:
+                self.opt = torch.optim.SGD(
+                    _param_groups(self.model, self.scales), lr=self.recipe.sparsity.finetune_lr,
+                    momentum=self.recipe.train.momentum,
+                )  # fmt: skip
+            self.restore(resume)
+        tc, sc = self.recipe.train, self.recipe.sparsity
+        with flush_denormal(tc.flush_denormal and self.device.type == "cpu"):
+            if self.phase == "dwf":
+                self.emit("phase", {"phase": "dwf", "total_steps": self.total, "first_step": 0})
+                started = time.perf_counter() - self.out.timing.get("train_s", 0.0)
+                while self.epoch < tc.epochs:
+                    self._epoch(resume if resume and resume["phase"] == "dwf" else None)
+                    resume = None
+                    self._end_of_epoch()
+                    self.out.timing["train_s"] = time.perf_counter() - started
+                self._cut()
+                self._save(self.state())
+            if sc.finetune_epochs > 0 and sc.finetune_lr > 0:
+                total = sc.finetune_epochs * self.steps_per_epoch
+                self.emit("phase", {"phase": "finetune", "total_steps": total,
+                                    "first_step": self.total})  # fmt: skip
+                started = time.perf_counter() - self.out.timing.get("finetune_s", 0.0)
+                while self.epoch < sc.finetune_epochs:
+                    self._epoch(resume)
+                    resume = None
+                    self._end_of_epoch()
+                    self.out.timing["finetune_s"] = time.perf_counter() - started
+        self.out.accuracy["after_finetune"] = evaluate(
+            self.model, self.eval_loader, self.device, self.precision
+        )
+        return self.out
 
 
 def train_dwf(
@@ -168,148 +327,25 @@ def train_dwf(
     recipe: Recipe,
     device: torch.device,
     callback: Callback | None = None,
+    *,
+    precision: Precision = FP32,
+    forward_model: nn.Module | None = None,
+    checkpoint: Path | None = None,
+    resume: dict[str, Any] | None = None,
+    loader_generator: torch.Generator | None = None,
+    stop: StopRequest | None = None,
 ) -> DwfOutcome:
     """Fine-tune a factorized `model` to `recipe.sparsity.target`, cut exactly, fine-tune masked.
+
+    `forward_model` is what the training forward runs (a DDP wrapper of `model`); `checkpoint`
+    is written after every epoch and on a stop request; `resume` is a loaded checkpoint.
 
     Example:
         dwfc.factorize_(model, depth=3)
         outcome = train_dwf(model, train_loader, eval_loader, load_recipe(), torch.device("cpu"))
     """
-    emit = callback or (lambda event, info: None)
-    tc, sc, depth = recipe.train, recipe.sparsity, recipe.factorize.depth
-    out = DwfOutcome()
-    rms = layer_rms(collapsed_weights(model))
-    rel = {n: sc.relative_threshold * r for n, r in rms.items()}
-    ctl = SparsityController(
-        target=sc.target,
-        lam=sc.lambda_init,
-        start=fraction_below(collapsed_weights(model), rel),
-        lam_min=sc.lambda_min,
-        lam_max=sc.lambda_max,
-        gain=sc.gain,
-        max_step=sc.max_step,
-    )
-    scales = _lr_scales(rms, depth, tc.lr_scaling, tc.max_lr_scale)
-    opt = torch.optim.SGD(_param_groups(model, scales), lr=tc.lr, momentum=tc.momentum)
-    steps_per_epoch = len(train_loader)
-    total = tc.epochs * steps_per_epoch
-    ramp = max(1, round(sc.ramp_fraction * total))
-    warmup = round(tc.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return tc.lr * (step + 1) / warmup
-        return tc.lr * (_cosine(step / total, tc.min_lr_ratio) if tc.schedule == "cosine" else 1.0)
-
-    def on_step(step: int, optimizer: torch.optim.Optimizer) -> None:
-        _set_hyper(optimizer, lr_at(step), 2.0 * ctl.lam / depth)
-
-    def record(phase: str, step: int, loss: float | None, acc: float | None, **extra: Any) -> None:
-        weights = collapsed_weights(model)
-        row = {
-            "phase": phase,
-            "epoch": step / steps_per_epoch,
-            "step": step,
-            "loss": loss,
-            "train_acc": acc,
-            "eval_acc": None,
-            "sparsity_eps": fraction_below(weights, sc.eps),
-            "sparsity_rel": fraction_below(weights, rel),
-            "lambda": ctl.lam,
-            "lr": lr_at(min(step, total - 1)),
-            **extra,
-        }
-        out.history.append(row)
-        emit("log", row)
-
-    def on_log(step: int, loss: float, acc: float) -> None:
-        record("sparsify" if step <= ramp else "settle", step, loss, acc)
-        ctl.update(step / ramp, out.history[-1]["sparsity_rel"])
-
-    def on_epoch(epoch: int) -> None:
-        acc = evaluate(model, eval_loader, device)
-        out.history[-1]["eval_acc"] = acc
-        emit("eval", {"phase": "dwf", "epoch": epoch, "eval_acc": acc})
-
-    started = time.perf_counter()
-    emit("phase", {"phase": "dwf", "total_steps": total})
-    with flush_denormal(tc.flush_denormal and device.type == "cpu"):
-        _train_steps(
-            model, train_loader, device, tc.epochs, on_step, on_log, on_epoch, opt, tc.log_every
-        )
-        out.timing["train_s"] = time.perf_counter() - started
-
-        weights = collapsed_weights(model)
-        out.sparsity_eps = fraction_below(weights, sc.eps)
-        out.sparsity_relative = fraction_below(weights, rel)
-        out.lam, out.lam_max = ctl.lam, ctl.history_max
-        out.accuracy["before_cut"] = evaluate(model, eval_loader, device)
-        set_masks(model, global_magnitude_masks(weights, sc.target))
-        out.accuracy["after_cut"] = evaluate(model, eval_loader, device)
-        emit("cut", dict(out.accuracy))
-
-        started = time.perf_counter()
-        out.accuracy["after_finetune"] = _masked_finetune(
-            model, train_loader, eval_loader, recipe, device, scales, emit, out.history
-        )
-        out.timing["finetune_s"] = time.perf_counter() - started
-    return out
-
-
-def _masked_finetune(
-    model: nn.Module,
-    train_loader: DataLoader,
-    eval_loader: DataLoader,
-    recipe: Recipe,
-    device: torch.device,
-    scales: dict[str, float],
-    emit: Callback,
-    history: list[dict[str, Any]],
-) -> float:
-    """Short fine-tune with the masks fixed and no decay: pruned entries stay exactly zero."""
-    sc, tc = recipe.sparsity, recipe.train
-    if sc.finetune_epochs == 0 or sc.finetune_lr == 0:
-        return evaluate(model, eval_loader, device)
-    opt = torch.optim.SGD(_param_groups(model, scales), lr=sc.finetune_lr, momentum=tc.momentum)
-    steps_per_epoch = len(train_loader)
-    total = sc.finetune_epochs * steps_per_epoch
-    offset = tc.epochs * steps_per_epoch
-    emit("phase", {"phase": "finetune", "total_steps": total, "first_step": offset})
-
-    def on_step(step: int, optimizer: torch.optim.Optimizer) -> None:
-        _set_hyper(optimizer, sc.finetune_lr * _cosine(step / total, 0.0), 0.0)
-
-    def on_log(step: int, loss: float, acc: float) -> None:
-        row = {
-            "phase": "finetune",
-            "epoch": (offset + step) / steps_per_epoch,
-            "step": offset + step,
-            "loss": loss,
-            "train_acc": acc,
-            "eval_acc": None,
-            "sparsity_eps": None,
-            "sparsity_rel": None,
-            "lambda": None,
-            "lr": sc.finetune_lr * _cosine(step / total, 0.0),
-        }
-        history.append(row)
-        emit("log", row)
-
-    def on_epoch(epoch: int) -> None:
-        acc = evaluate(model, eval_loader, device)
-        if history and history[-1]["phase"] == "finetune":
-            history[-1]["eval_acc"] = acc
-        emit("eval", {"phase": "finetune", "epoch": epoch, "eval_acc": acc})
-
-    _train_steps(
-        model,
-        train_loader,
-        device,
-        sc.finetune_epochs,
-        on_step,
-        on_log,
-        on_epoch,
-        opt,
-        tc.log_every,
-    )
-    return evaluate(model, eval_loader, device)
+    run = _DwfRun(
+        model, train_loader, eval_loader, recipe, device, callback or (lambda e, i: None),
+        precision, forward_model or model, checkpoint, loader_generator, stop,
+    )  # fmt: skip
+    return run.run(resume)

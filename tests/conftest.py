@@ -20,8 +20,8 @@ from dwfc.zoo import lenet_300_100
 
 ARCH = "dwfc.zoo:lenet_300_100"
 
-# A run of a few seconds on 2 CPU cores: 2 DWF epochs, 1 masked fine-tune epoch.
-TINY_OVERRIDES = (f"model.arch={ARCH}", "train.epochs=2", "sparsity.finetune_epochs=1")
+# A run of a few seconds on 2 CPU cores: 1 DWF epoch, then 1 epoch of masked fine-tuning.
+TINY_OVERRIDES = (f"model.arch={ARCH}", "train.epochs=1", "sparsity.finetune_epochs=1")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -19,11 +20,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from dwfc.errors import ExportCheckError, InputError
 from dwfc.export import (
     export_onnx,
+    export_sparse_onnx,
     load_sparse,
     onnx_accuracy,
     onnx_max_abs_diff,
     read_metadata,
     save_sparse,
+    tensor_digests,
 )
 
 
@@ -202,6 +205,9 @@ def test_shape_disagreeing_with_bitmask_raises(tmp_path: Path) -> None:
 def test_huge_claimed_shape_raises_without_allocating(tmp_path: Path) -> None:
     w = _sparse((6, 11), 0.5)
     _craft(tmp_path / "m.safetensors", w, shape=torch.tensor([2**40, 2**40]))
+    with pytest.raises(InputError, match="implausible shape"):
+        load_sparse(tmp_path / "m.safetensors")
+    _craft(tmp_path / "m.safetensors", w, shape=torch.tensor([2**20, 2**20]))
     with pytest.raises(InputError, match="bitmask"):
         load_sparse(tmp_path / "m.safetensors")
 
@@ -306,3 +312,63 @@ def test_onnx_accuracy_equals_pytorch_accuracy(tmp_path: Path) -> None:
     acc = onnx_accuracy(path, DataLoader(TensorDataset(x, y), batch_size=32))
     assert 0.0 < acc < 1.0
     assert acc == torch_acc
+
+
+def test_tensor_digests_ignore_zero_sign_and_survive_sparse_roundtrip(tmp_path: Path) -> None:
+    w = torch.tensor([[1.0, -0.0, 2.0], [0.0, 0.0, -3.0]])
+    sd = {"w": w, "b": torch.arange(3), "s": torch.tensor(2.5, dtype=torch.bfloat16)}
+    digests = tensor_digests(sd)
+    assert set(digests) == set(sd) and all(d.startswith("sha256:") for d in digests.values())
+    plus_zero = torch.where(w == 0, torch.zeros_like(w), w)
+    assert tensor_digests({"w": plus_zero})["w"] == digests["w"]  # -0.0 hashes as +0.0
+    restored = _roundtrip(tmp_path, sd, ["w"])
+    assert tensor_digests(restored) == digests
+
+
+def test_tensor_digests_see_values_dtype_and_shape() -> None:
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    base = tensor_digests({"w": w})["w"]
+    changed = [w.reshape(4), w.reshape(1, 4), w.double(), w.t().contiguous(), w + 1e-7]
+    assert all(tensor_digests({"w": c})["w"] != base for c in changed)
+    header = b"float32|2,2|"
+    assert base == "sha256:" + hashlib.sha256(header + w.numpy().tobytes()).hexdigest()
+
+
+def _session_out(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("make", [_mlp, _convnet], ids=["mlp", "convnet"])
+def test_sparse_onnx_is_smaller_checked_and_identical(tmp_path: Path, make) -> None:
+    model = _zero_out(make(), 0.95)
+    dense, sparse = tmp_path / "model.onnx", tmp_path / "model.sparse.onnx"
+    export_onnx(model, torch.randn(1, 1, 8, 8), dense)
+    assert export_sparse_onnx(dense, sparse)
+    onnx.checker.check_model(str(sparse))
+    graph = onnx.load(str(sparse)).graph
+    assert len(graph.sparse_initializer) >= 1
+    for sp in graph.sparse_initializer:
+        assert sp.indices.data_type == onnx.TensorProto.INT64 and len(sp.indices.dims) == 1
+    assert os.path.getsize(sparse) < os.path.getsize(dense)
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_session_out(sparse, x), _session_out(dense, x), rtol=0, atol=1e-6)
+
+
+def test_sparse_onnx_not_written_when_not_smaller(tmp_path: Path) -> None:
+    dense, sparse = tmp_path / "model.onnx", tmp_path / "model.sparse.onnx"
+    export_onnx(_mlp(), torch.randn(1, 1, 8, 8), dense)  # dense weights: nothing to gain
+    assert not export_sparse_onnx(dense, sparse)
+    assert not export_sparse_onnx(dense, sparse, min_sparsity=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_sparse_onnx_rejects_bad_input(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08garbage")
+    with pytest.raises(InputError, match="bad.onnx"):
+        export_sparse_onnx(bad, tmp_path / "out.onnx")
+    with pytest.raises(InputError, match="min_sparsity"):
+        export_sparse_onnx(bad, tmp_path / "out.onnx", min_sparsity=1.5)

@@ -24,7 +24,6 @@ import dwfc.pipeline
 from dwfc.config import Recipe
 from dwfc.errors import ExportCheckError, InputError
 from dwfc.export import read_metadata
-from dwfc.train import evaluate
 from dwfc.zoo import lenet_300_100
 
 OUTPUT_FILES = {
@@ -38,6 +37,8 @@ OUTPUT_FILES = {
 }
 LENET_WEIGHTS = ["layers.1.weight", "layers.3.weight", "layers.5.weight"]
 LENET_PARAMETERS = 266_610
+CHECKPOINT_NAME = "checkpoint.pt"  # dwfc's per-epoch resume checkpoint inside --out
+QUICK = ("train.epochs=1", "sparsity.finetune_epochs=0")  # tinier still: 1 DWF epoch
 
 
 @dataclass
@@ -53,9 +54,7 @@ class Run:
         return json.loads((self.out / "report.json").read_text(encoding="utf-8"))
 
 
-def _run(
-    tmp_path_factory: pytest.TempPathFactory, model: Path, recipe: Recipe, name: str
-) -> Run:
+def _run(tmp_path_factory: pytest.TempPathFactory, model: Path, recipe: Recipe, name: str) -> Run:
     parent = tmp_path_factory.mktemp(name)
     out = parent / "out"
     report = dwfc.compress(model, out, recipe)
@@ -78,8 +77,9 @@ def run_50(
     state_dict_path: Path,
     tiny_recipe: Callable[..., Recipe],
 ) -> Run:
-    """A second tiny run at target sparsity 0.5."""
-    return _run(tmp_path_factory, state_dict_path, tiny_recipe(0.5), "run50")
+    """A second, tinier run at target sparsity 0.5 (1 DWF epoch, no masked fine-tune)."""
+    recipe = tiny_recipe(0.5, *QUICK)
+    return _run(tmp_path_factory, state_dict_path, recipe, "run50")
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -95,6 +95,15 @@ def _eval_loader(splits: tuple[TensorDataset, TensorDataset]) -> DataLoader:
     return DataLoader(splits[1], batch_size=1000)
 
 
+def _accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += len(y)
+    return correct / total
+
+
 def _reloaded_model(run: Run) -> torch.nn.Module:
     model = lenet_300_100()
     model.load_state_dict(dwfc.load_sparse(run.out / "model.safetensors"), strict=True)
@@ -104,10 +113,17 @@ def _reloaded_model(run: Run) -> torch.nn.Module:
 # --------------------------------------------------------------------------- outputs
 
 
+def _leftovers(names: set[str]) -> set[str]:
+    """Names that only an unfinished run leaves: hidden/temporary files, a resume checkpoint."""
+    return {n for n in names if n.startswith(".") or n.endswith(".tmp") or n == CHECKPOINT_NAME}
+
+
 def test_outputs_exist_and_nothing_else_is_left(run_90: Run) -> None:
-    assert {p.name for p in run_90.out.iterdir()} == OUTPUT_FILES
+    names = {p.name for p in run_90.out.iterdir()}
+    assert OUTPUT_FILES <= names
     for name in OUTPUT_FILES:
         assert (run_90.out / name).stat().st_size > 0, name
+    assert _leftovers(names) == set()
     # No staging folder (".out.partial-*") or temporary file beside the output folder.
     assert [p.name for p in run_90.parent.iterdir()] == ["out"]
 
@@ -150,7 +166,7 @@ def test_load_sparse_into_fresh_model_reproduces_accuracy(
     run_90: Run, mnist_splits: tuple[TensorDataset, TensorDataset]
 ) -> None:
     model = _reloaded_model(run_90)  # strict=True: exactly LeNet-300-100's keys and shapes
-    accuracy = evaluate(model, _eval_loader(mnist_splits), torch.device("cpu"))
+    accuracy = _accuracy(model, _eval_loader(mnist_splits))
     assert accuracy == run_90.report["accuracy"]["compressed_pytorch"]
 
 
@@ -258,8 +274,7 @@ def test_overwrite_replaces_the_outputs(
     tmp_path: Path, state_dict_path: Path, tiny_recipe: Callable[..., Recipe]
 ) -> None:
     out = _occupied_out(tmp_path)
-    recipe = tiny_recipe(0.9, "train.epochs=1", "sparsity.finetune_epochs=0")
-    report = dwfc.compress(state_dict_path, out, recipe, overwrite=True)
+    report = dwfc.compress(state_dict_path, out, tiny_recipe(0.9, *QUICK), overwrite=True)
     assert OUTPUT_FILES <= {p.name for p in out.iterdir()}
     onnx.checker.check_model(str(out / "model.onnx"))  # the stale bytes are gone
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
@@ -272,7 +287,14 @@ def _fail_export(*args: Any, **kwargs: Any) -> None:
     raise ExportCheckError("injected ONNX export failure")
 
 
-def test_failure_midway_leaves_no_out_and_no_staging(
+def _no_checkpoint() -> list[str]:
+    """Override turning off the per-epoch resume checkpoint (out/checkpoint.pt), where dwfc
+    has one: that file is meant to outlive a failed run, so --resume can continue it."""
+    train_fields = Recipe.model_fields["train"].annotation.model_fields
+    return ["train.checkpoint=false"] if "checkpoint" in train_fields else []
+
+
+def test_failure_midway_without_checkpoint_leaves_no_out(
     tmp_path: Path,
     state_dict_path: Path,
     tiny_recipe: Callable[..., Recipe],
@@ -280,9 +302,8 @@ def test_failure_midway_leaves_no_out_and_no_staging(
 ) -> None:
     monkeypatch.setattr(dwfc.pipeline, "export_onnx", _fail_export)
     out = tmp_path / "out"
-    recipe = tiny_recipe(0.9, "train.epochs=1", "sparsity.finetune_epochs=0")
     with pytest.raises(ExportCheckError, match="injected"):
-        dwfc.compress(state_dict_path, out, recipe)
+        dwfc.compress(state_dict_path, out, tiny_recipe(0.9, *QUICK, *_no_checkpoint()))
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -296,7 +317,7 @@ def test_failure_midway_with_overwrite_leaves_existing_out_untouched(
     monkeypatch.setattr(dwfc.pipeline, "export_onnx", _fail_export)
     out = _occupied_out(tmp_path)
     before = _snapshot(tmp_path)
-    recipe = tiny_recipe(0.9, "train.epochs=1", "sparsity.finetune_epochs=0")
+    recipe = tiny_recipe(0.9, *QUICK, *_no_checkpoint())
     with pytest.raises(ExportCheckError, match="injected"):
         dwfc.compress(state_dict_path, out, recipe, overwrite=True)
     assert _snapshot(tmp_path) == before

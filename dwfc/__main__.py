@@ -1,0 +1,5 @@
+"""`python -m dwfc ...` and `torchrun --nproc_per_node N -m dwfc compress ...`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,448 @@
+"""`dwfc verify OUT_DIR`: re-check a finished `dwfc compress` output folder from its files alone.
+
+Checks, in order (each is passed, failed or skipped, with a one-line detail):
+
+- report: report.json is present and a JSON object
+- files: the model files exist, with the sizes report.json records
+- safetensors: model.safetensors loads with `load_sparse`
+- hashes: the tensors' digests (`tensor_digests`) equal report.json "hashes" and the file's
+  `dwfc.hashes` metadata
+- sparsity: per-layer shapes, weights and non-zeros, and the overall sparsity, equal the report
+- model: the architecture in recipe.yaml is rebuilt and loads the weights strictly
+- onnx: model.onnx passes onnx.checker and onnxruntime matches the rebuilt model on a batch
+- sparse_onnx: model.sparse.onnx (when written) passes too and matches model.onnx
+- accuracy: with data given, the re-measured accuracy equals the recorded one
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dwfc.errors import DwfcError, InputError
+from dwfc.export import (
+    HASHES_KEY,
+    SPARSE_KEYS_KEY,
+    SPARSE_ONNX_FILE,
+    load_sparse,
+    onnx_accuracy,
+    onnx_outputs,
+    read_metadata,
+    tensor_digests,
+)
+
+__all__ = ["VerificationError", "format_verification", "raise_for_failures", "verify_run"]
+
+_SEED = 0
+_SPARSE_VS_DENSE_ONNX = 1e-6
+
+
+class VerificationError(DwfcError):
+    """`dwfc verify` found a mismatch between an output folder's files and its report."""
+
+    exit_code = 6
+
+
+class _Skip(Exception):
+    """Raised by a check that cannot apply; the message says why."""
+
+
+class _Fail(Exception):
+    """Raised by a check that found a mismatch; the message names it."""
+
+
+class _Run:
+    """What the checks learn about the folder, shared between them."""
+
+    def __init__(self, out: Path, data_source: str | None, batch_size: int, acc_tol: float):
+        self.out, self.data_source, self.batch_size, self.acc_tol = (
+            out, data_source, batch_size, acc_tol,
+        )  # fmt: skip
+        self.report: dict[str, Any] = {}
+        self.state: dict[str, torch.Tensor] | None = None
+        self.meta: dict[str, str] = {}
+        self.model: nn.Module | None = None
+        self.recipe: Any = None
+        self.eval_set: Dataset | None = None
+        self.batch: torch.Tensor | None = None
+
+    def onnx_info(self) -> dict[str, Any]:
+        info = self.report.get("onnx")
+        return info if isinstance(info, dict) else {}
+
+    def expects_onnx(self) -> bool:
+        return bool(self.onnx_info()) or (self.out / "model.onnx").exists()
+
+    def expects_sparse_onnx(self) -> bool:
+        return (
+            isinstance(self.onnx_info().get("sparse"), dict)
+            or (self.out / SPARSE_ONNX_FILE).exists()
+        )
+
+
+def verify_run(
+    out_dir: str | os.PathLike[str],
+    data_source: str | None = None,
+    batch_size: int = 256,
+    *,
+    accuracy_tolerance: float = 1e-9,
+) -> dict[str, Any]:
+    """Re-check an output folder of `dwfc compress`; returns {"ok", "out_dir", "checks", ...}.
+
+    Each check is {"check", "ok", "status": "passed"|"failed"|"skipped", "detail"}; a skipped
+    check counts as ok. `data_source` (e.g. "mnist5k") re-measures accuracy on its evaluation
+    split, loaded the way the run's recipe.yaml says when it names the same source. The ONNX
+    parity batch holds `batch_size` evaluation samples, or seeded random input of the recorded
+    input shape without data. Raises InputError only when `out_dir` is not a folder;
+    `raise_for_failures(result)` turns failures into a VerificationError (exit code 6).
+
+    Example:
+        result = verify_run("runs/lenet", data_source="mnist5k")
+        raise_for_failures(result)
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise InputError(f"{out}: no such output folder")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    run = _Run(out, data_source, batch_size, accuracy_tolerance)
+    checks: list[dict[str, Any]] = []
+    steps: list[tuple[str, Callable[[_Run], str]]] = [
+        ("report", _check_report),
+        ("files", _check_files),
+        ("safetensors", _check_safetensors),
+        ("hashes", _check_hashes),
+        ("sparsity", _check_sparsity),
+        ("model", _check_model),
+        ("onnx", _check_onnx),
+        ("sparse_onnx", _check_sparse_onnx),
+        ("accuracy", _check_accuracy),
+    ]
+    for name, step in steps:
+        try:
+            checks.append(_row(name, "passed", step(run)))
+        except _Skip as exc:
+            checks.append(_row(name, "skipped", str(exc)))
+        except (_Fail, DwfcError) as exc:
+            checks.append(_row(name, "failed", str(exc)))
+        except Exception as exc:  # an unreadable file surfaces here; name it, keep checking
+            checks.append(_row(name, "failed", f"{type(exc).__name__}: {_line(exc)}"))
+    failures = [c["check"] for c in checks if not c["ok"]]
+    return {"out_dir": str(out), "ok": not failures, "failures": failures, "checks": checks}
+
+
+def raise_for_failures(result: dict[str, Any]) -> None:
+    """Raise VerificationError naming the first failed check (and how many more) if any failed.
+
+    Example:
+        raise_for_failures(verify_run("runs/lenet"))
+    """
+    failed = [c for c in result["checks"] if not c["ok"]]
+    if failed:
+        more = f" (and {len(failed) - 1} more failed checks)" if len(failed) > 1 else ""
+        first = failed[0]
+        raise VerificationError(
+            f"{result['out_dir']}: {first['check']} check failed: {first['detail']}{more}"
+        )
+
+
+def format_verification(result: dict[str, Any]) -> str:
+    """Plain-text lines, one per check, for the CLI.
+
+    Example:
+        print(format_verification(verify_run("runs/lenet")))
+    """
+    width = max(len(c["check"]) for c in result["checks"])
+    lines = [
+        f"{c['status'].upper():7}  {c['check']:{width}}  {c['detail']}" for c in result["checks"]
+    ]
+    verdict = "verified" if result["ok"] else f"FAILED: {', '.join(result['failures'])}"
+    return "\n".join([*lines, f"{result['out_dir']}: {verdict}"])
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _row(check: str, status: str, detail: str) -> dict[str, Any]:
+    return {"check": check, "ok": status != "failed", "status": status, "detail": detail}
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_report(run: _Run) -> str:
+    path = run.out / "report.json"
+    if not path.is_file():
+        raise _Fail("report.json is missing")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise _Fail(f"report.json is not valid JSON ({_line(exc)})") from None
+    if not isinstance(report, dict):
+        raise _Fail(f"report.json holds a {type(report).__name__}, not an object")
+    run.report = report
+    return f"dwfc {report.get('dwfc_version', '?')}, created {report.get('created', '?')}"
+
+
+def _check_files(run: _Run) -> str:
+    wanted = ["model.safetensors", "report.json", "recipe.yaml"]
+    wanted += ["model.onnx"] if run.expects_onnx() else []
+    wanted += [SPARSE_ONNX_FILE] if run.expects_sparse_onnx() else []
+    missing = [name for name in wanted if not (run.out / name).is_file()]
+    if missing:
+        raise _Fail(f"missing {', '.join(missing)}")
+    sizes = run.report.get("files") if isinstance(run.report.get("files"), dict) else {}
+    wrong = [
+        f"{name} is {(run.out / name).stat().st_size} bytes, report says {size}"
+        for name, size in sizes.items()
+        if name in wanted and (run.out / name).stat().st_size != size
+    ]
+    if wrong:
+        raise _Fail("; ".join(wrong))
+    return f"{len(wanted)} files present" + (", sizes as recorded" if sizes else "")
+
+
+def _check_safetensors(run: _Run) -> str:
+    path = run.out / "model.safetensors"
+    if not path.is_file():
+        raise _Skip("model.safetensors is missing")
+    run.state = load_sparse(path)
+    run.meta = read_metadata(path)
+    sparse = _json_meta(run.meta, SPARSE_KEYS_KEY) or []
+    return f"{len(run.state)} tensors, {len(sparse)} stored sparse"
+
+
+def _json_meta(meta: dict[str, str], key: str) -> Any:
+    if key not in meta:
+        return None
+    try:
+        return json.loads(meta[key])
+    except (ValueError, RecursionError):
+        raise _Fail(f"model.safetensors metadata {key} is not valid JSON") from None
+
+
+def _check_hashes(run: _Run) -> str:
+    if run.state is None:
+        raise _Skip("model.safetensors did not load")
+    recorded = run.report.get("hashes")
+    if not isinstance(recorded, dict):
+        raise _Fail('report.json records no tensor hashes ("hashes")')
+    in_file = _json_meta(run.meta, HASHES_KEY)
+    if in_file is not None and in_file != recorded:
+        raise _Fail(f"the {HASHES_KEY} metadata of model.safetensors differs from report.json")
+    actual = tensor_digests(run.state)
+    problems = [f"{k} (hash differs)" for k in actual if k in recorded and actual[k] != recorded[k]]
+    problems += [f"{k} (not recorded)" for k in actual if k not in recorded]
+    problems += [f"{k} (not in the file)" for k in recorded if k not in actual]
+    if problems:
+        raise _Fail("tensor mismatch: " + _listing(problems))
+    return f"{len(actual)} tensors match their sha256 digests"
+
+
+def _listing(items: list[str], shown: int = 3) -> str:
+    extra = len(items) - shown
+    return ", ".join(items[:shown]) + (f" (+{extra} more)" if extra > 0 else "")
+
+
+def _check_sparsity(run: _Run) -> str:
+    if run.state is None:
+        raise _Skip("model.safetensors did not load")
+    layers, summary = run.report.get("layers"), run.report.get("sparsity")
+    if not isinstance(layers, list) or not isinstance(summary, dict):
+        raise _Fail('report.json has no "layers" list or "sparsity" summary')
+    problems, weights, nonzero = [], 0, 0
+    for row in layers:
+        name = row.get("name") if isinstance(row, dict) else None
+        if name not in run.state:
+            problems.append(f"layer {name!r} is not in model.safetensors")
+            continue
+        t = run.state[name]
+        actual = {"shape": list(t.shape), "weights": t.numel(), "nonzero": int(t.count_nonzero())}
+        actual["sparsity"] = 1.0 - actual["nonzero"] / actual["weights"] if t.numel() else 0.0
+        weights, nonzero = weights + actual["weights"], nonzero + actual["nonzero"]
+        problems += [
+            f"{name} {key} is {value}, report says {row.get(key)}"
+            for key, value in actual.items()
+            if not _same(value, row.get(key))
+        ]
+    overall = {
+        "factorized_weights": weights,
+        "nonzero_weights": nonzero,
+        "achieved": 1.0 - nonzero / weights if weights else 0.0,
+    }
+    for source, recorded in (
+        ("report", summary),
+        ("metadata", _json_meta(run.meta, "dwfc.sparsity")),
+    ):
+        for key, value in overall.items() if isinstance(recorded, dict) else ():
+            if key in recorded and not _same(value, recorded[key]):
+                problems.append(f"sparsity {key} is {value}, {source} says {recorded[key]}")
+    sparse_keys = _json_meta(run.meta, SPARSE_KEYS_KEY)
+    if sparse_keys is not None and set(sparse_keys) != {r.get("name") for r in layers}:
+        problems.append("the layers stored sparse are not the layers the report lists")
+    if problems:
+        raise _Fail(_listing(problems))
+    return f"{len(layers)} layers, sparsity {overall['achieved']:.4%} ({nonzero}/{weights} kept)"
+
+
+def _same(actual: Any, recorded: Any) -> bool:
+    if isinstance(actual, float) and isinstance(recorded, (int, float)):
+        return math.isclose(actual, recorded, rel_tol=0.0, abs_tol=1e-12)
+    return actual == recorded
+
+
+def _check_model(run: _Run) -> str:
+    from dwfc.config import load_recipe
+    from dwfc.models import build_model
+
+    if run.state is None:
+        raise _Skip("model.safetensors did not load")
+    if not (run.out / "recipe.yaml").is_file():
+        raise _Fail("recipe.yaml is missing")
+    run.recipe = load_recipe(str(run.out / "recipe.yaml"))
+    arch = run.recipe.model.arch
+    if arch is None:
+        raise _Skip("the run compressed a whole pickled module: no architecture to rebuild")
+    model = build_model(arch, run.recipe.model.arch_kwargs)
+    try:
+        model.load_state_dict(run.state, strict=True)
+    except RuntimeError as exc:
+        raise _Fail(f"{arch} does not load model.safetensors: {_line(exc)}") from None
+    run.model = model.to("cpu").eval()
+    return f"{arch} rebuilt, weights loaded strictly"
+
+
+def _eval_set(run: _Run) -> Dataset:
+    from dwfc.data import load_data, load_data_config
+
+    if run.eval_set is None:
+        assert run.data_source is not None
+        data = getattr(run.recipe, "data", None)
+        if data is None:
+            _, run.eval_set = load_data(run.data_source)
+        elif data.source.strip().lower() == run.data_source.strip().lower():
+            _, run.eval_set = load_data_config(data)
+        else:
+            _, run.eval_set = load_data_config(
+                data.model_copy(update={"source": run.data_source, "options": {}})
+            )
+    return run.eval_set
+
+
+def _input_batch(run: _Run, path: Path) -> torch.Tensor:
+    if run.batch is not None:
+        return run.batch
+    if run.data_source is not None:
+        x, _ = next(iter(DataLoader(_eval_set(run), batch_size=run.batch_size)))
+        run.batch = torch.as_tensor(x, dtype=torch.float32)
+        return run.batch
+    shape = run.report.get("input_shape")
+    if not isinstance(shape, list):  # fall back to the ONNX graph: only the batch is dynamic
+        dims = _onnx_input_dims(path)
+        if not all(isinstance(d, int) for d in dims):
+            raise _Fail('no input shape: report.json has no "input_shape", ONNX input is dynamic')
+        shape = dims
+    generator = torch.Generator().manual_seed(_SEED)
+    run.batch = torch.randn(run.batch_size, *shape, generator=generator)
+    return run.batch
+
+
+def _ort_outputs(path: Path, run: _Run) -> tuple[np.ndarray, torch.Tensor]:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise _Fail(f"{path.name} fails onnx.checker: {_line(exc)}") from None
+    batch = _input_batch(run, path)
+    return onnx_outputs(path, batch), batch
+
+
+def _onnx_input_dims(path: Path) -> list[Any]:
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims[1:]]
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray, what: str) -> float:
+    if a.shape != b.shape:
+        raise _Fail(f"{what}: output shapes {a.shape} and {b.shape} differ")
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+
+
+def _check_onnx(run: _Run) -> str:
+    if not run.expects_onnx():
+        raise _Skip("the run wrote no ONNX model (export.onnx was off)")
+    got, batch = _ort_outputs(run.out / "model.onnx", run)
+    if run.model is None:
+        return (
+            f"passes onnx.checker, runs in onnxruntime ({len(batch)} inputs); no model to compare"
+        )
+    with torch.no_grad():
+        want = run.model(batch).numpy()
+    diff = _max_diff(got, want, "model.onnx vs PyTorch")
+    tolerance = float(run.onnx_info().get("tolerance", 1e-4))
+    if not diff <= tolerance:
+        raise _Fail(f"onnxruntime differs from PyTorch by {diff:.3g} (tolerance {tolerance:g})")
+    return f"passes onnx.checker; max |onnxruntime - PyTorch| {diff:.3g} <= {tolerance:g}"
+
+
+def _check_sparse_onnx(run: _Run) -> str:
+    if not run.expects_sparse_onnx():
+        raise _Skip(f"no {SPARSE_ONNX_FILE} (it is written only when smaller)")
+    got, _ = _ort_outputs(run.out / SPARSE_ONNX_FILE, run)
+    dense, _ = _ort_outputs(run.out / "model.onnx", run)
+    diff = _max_diff(got, dense, f"{SPARSE_ONNX_FILE} vs model.onnx")
+    if not diff <= _SPARSE_VS_DENSE_ONNX:
+        raise _Fail(f"{SPARSE_ONNX_FILE} differs from model.onnx by {diff:.3g}")
+    return f"passes onnx.checker; max |sparse - dense ONNX| {diff:.3g}"
+
+
+def _check_accuracy(run: _Run) -> str:
+    if run.data_source is None:
+        raise _Skip("no data given to re-measure accuracy")
+    recorded = run.report.get("accuracy") if isinstance(run.report.get("accuracy"), dict) else {}
+    loader = DataLoader(_eval_set(run), batch_size=_eval_batch_size(run))
+    measured: dict[str, float] = {}
+    if run.model is not None:
+        measured["compressed_pytorch"] = _accuracy(run.model, loader)
+    if run.expects_onnx() and (run.out / "model.onnx").is_file():
+        measured["compressed_onnxruntime"] = onnx_accuracy(run.out / "model.onnx", loader)
+    if not measured:
+        raise _Skip("neither a rebuilt model nor an ONNX model to measure")
+    problems = []
+    for key, value in measured.items():
+        want = recorded.get(key)
+        if not isinstance(want, (int, float)) or abs(value - want) > run.acc_tol:
+            problems.append(f"{key} is {value:.6g}, report says {want}")
+    if problems:
+        raise _Fail("; ".join(problems))
+    return ", ".join(f"{k} {v:.4%}" for k, v in measured.items()) + " as recorded"
+
+
+def _eval_batch_size(run: _Run) -> int:
+    data = getattr(run.recipe, "data", None)
+    return int(getattr(data, "eval_batch_size", run.batch_size))
+
+
+def _accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy in fp32 on CPU, computed as the pipeline's evaluate does."""
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            hits = model(x).topk(1, dim=1).indices.squeeze(1) == y
+            correct += int(hits.sum())
+            total += y.numel()
+    return correct / total if total else 0.0

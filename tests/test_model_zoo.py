@@ -1,0 +1,169 @@
+"""Six architectures through factorize -> train -> collapse -> ONNX, with the default selection.
+
+Each case: the dense forward after `apply_plan_` equals the original, two SGD steps with weight
+decay on the factors change it, `collapse_` gives plain weights, and onnxruntime matches PyTorch.
+torchvision models are built with weights=None (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dwfc
+from dwfc.batchnorm import has_batchnorm, recalibrate_batchnorm_
+from dwfc.config import FactorizeConfig
+from dwfc.export import export_onnx, onnx_max_abs_diff
+from dwfc.factorize import factor_parameters
+from dwfc.select import apply_plan_, plan
+
+torchvision = pytest.importorskip("torchvision")
+models = torchvision.models
+
+
+class LSTMClassifier(nn.Module):
+    """Embedding -> LSTM -> Linear on the last time step."""
+
+    def __init__(self, vocab: int = 100, classes: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 16)
+        self.lstm = nn.LSTM(16, 32, batch_first=True)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.emb(tokens))
+        return self.fc(out[:, -1])
+
+
+class TransformerClassifier(nn.Module):
+    """Embedding -> 2-layer nn.TransformerEncoder -> mean over tokens -> Linear."""
+
+    def __init__(self, vocab: int = 100, classes: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 32)
+        layer = nn.TransformerEncoderLayer(32, nhead=4, dim_feedforward=64, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(self.emb(tokens)).mean(dim=1))
+
+
+def _vgg11_bn() -> nn.Module:
+    # At 32x32 the features end at 1x1 and torchvision's AdaptiveAvgPool2d((7, 7)) upsamples
+    # to 7x7, which the TorchScript exporter cannot express (in any opset: it only exports
+    # adaptive pools whose output size divides the input size). The usual CIFAR head pools to
+    # 1x1 and feeds 512 features to the classifier; it also saves 100M parameters.
+    model = models.vgg11_bn(weights=None, num_classes=10)
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier[0] = nn.Linear(512, 4096)
+    return model
+
+
+def _vit() -> nn.Module:
+    model = models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    )
+    # torchvision zero-initialises the head, so the output would be 0 whatever the encoder
+    # does (and a zero weight gets no gradient through its factors). Give it values.
+    nn.init.normal_(model.heads.head.weight, std=0.1)
+    return model
+
+
+def _images(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=g)
+
+
+def _tokens(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 100, (n, 12), generator=g)
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], nn.Module]
+    inputs: Callable[[int, torch.Generator], torch.Tensor]
+    classes: int
+    planned: int  # number of weight tensors the default selection picks
+
+
+CASES = {
+    "resnet18": Case(lambda: models.resnet18(weights=None, num_classes=10), _images, 10, 21),
+    "mobilenet_v2": Case(lambda: models.mobilenet_v2(weights=None, num_classes=10), _images, 10, 53),
+    "vgg11_bn": Case(_vgg11_bn, _images, 10, 11),
+    "vit": Case(_vit, _images, 10, 10),
+    "lstm": Case(LSTMClassifier, _tokens, 4, 4),
+    "transformer_encoder": Case(TransformerClassifier, _tokens, 4, 10),
+}
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """In eval mode under no_grad, nn.MultiheadAttention / TransformerEncoderLayer take a fused
+    fast path (aten::_native_multi_head_attention, aten::_transformer_encoder_layer_fwd) even
+    while the TorchScript exporter traces, and those ops have no ONNX symbolic. Turning the
+    fast path off exports the plain ops. (dwfc.export.export_onnx should do this itself.)"""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_factorize_train_collapse_export(name, tmp_path):
+    case = CASES[name]
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = case.build().eval()
+    if has_batchnorm(model):  # realistic statistics, else activations vanish at init
+        recalibrate_batchnorm_(model, [case.inputs(8, g)], "cpu")
+    x = case.inputs(3, g)
+    with torch.no_grad():
+        expected = model(x)
+    assert expected.abs().max() > 0.05  # the comparison below is not vacuous
+
+    planned = plan(model, FactorizeConfig())
+    assert len(planned) == case.planned
+    apply_plan_(model, planned)
+    assert sorted(fw.name for fw in dwfc.factorized_weights(model)) == sorted(
+        pw.name for pw in planned
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+    factors = factor_parameters(model)
+    factor_ids = {id(f) for f in factors}
+    others = [p for p in model.parameters() if id(p) not in factor_ids]
+    optimizer = torch.optim.SGD(
+        [{"params": factors, "weight_decay": 1e-3}, {"params": others, "weight_decay": 0.0}],
+        lr=0.05,
+        momentum=0.9,
+    )
+    model.train()
+    for _ in range(2):
+        loss = F.cross_entropy(model(case.inputs(4, g)), torch.randint(0, case.classes, (4,)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        assert all(f.grad is not None for f in factors)
+        optimizer.step()
+    assert torch.isfinite(loss)
+
+    dwfc.collapse_(model)
+    model.eval()
+    assert not list(dwfc.factorized_weights(model))
+    with torch.no_grad():
+        trained = model(x)
+    assert not torch.allclose(trained, expected, rtol=1e-4, atol=1e-5)  # training did act
+
+    path = tmp_path / f"{name}.onnx"
+    with _no_mha_fastpath():
+        export_onnx(model, x[:1], path)
+    assert onnx_max_abs_diff(path, model, x) <= 1e-4
