@@ -25,6 +25,15 @@ _MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+def _idx_layout(cls: str) -> str:
+    return (
+        f"torchvision's {cls} reads {{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte, "
+        "uncompressed, from there (dwfc never downloads)"
+    )
+
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -47,32 +56,32 @@ class DatasetSpec:
 SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         "MNIST", "MNIST/raw", _MNIST_FILES, 28, 1, (0.1307,), (0.3081,), "none",
-        "torchvision's MNIST reads the 4 uncompressed idx files from there",
+        _idx_layout("MNIST"),
     ),
     "fashionmnist": DatasetSpec(
         "FashionMNIST", "FashionMNIST/raw", _MNIST_FILES, 28, 1, (0.2860,), (0.3530,), "none",
-        "torchvision's FashionMNIST reads the 4 uncompressed idx files from there",
+        _idx_layout("FashionMNIST"),
     ),
     "kmnist": DatasetSpec(
         "KMNIST", "KMNIST/raw", _MNIST_FILES, 28, 1, (0.1918,), (0.3483,), "none",
-        "torchvision's KMNIST reads the 4 uncompressed idx files from there",
+        _idx_layout("KMNIST"),
     ),
     "cifar10": DatasetSpec(
         "CIFAR10", "cifar-10-batches-py",
         ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
          "test_batch", "batches.meta"),
         32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip",
-        "extract cifar-10-python.tar.gz under --data-root",
+        "extract cifar-10-python.tar.gz under --data-root (dwfc never downloads)",
     ),
     "cifar100": DatasetSpec(
         "CIFAR100", "cifar-100-python", ("train", "test", "meta"),
         32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip",
-        "extract cifar-100-python.tar.gz under --data-root",
+        "extract cifar-100-python.tar.gz under --data-root (dwfc never downloads)",
     ),
     "svhn": DatasetSpec(
         "SVHN", "", ("train_32x32.mat", "test_32x32.mat"),
         32, 3, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "crop",
-        "put train_32x32.mat and test_32x32.mat directly in --data-root",
+        "put train_32x32.mat and test_32x32.mat in --data-root (dwfc never downloads)",
     ),
     "imagefolder": DatasetSpec(
         "ImageFolder", "", ("train", "val"), 224, 3, _IMAGENET_MEAN, _IMAGENET_STD,
@@ -181,8 +190,7 @@ def _check_files(name: str, spec: DatasetSpec, root: Path) -> None:
     missing = _missing(spec, root)
     if missing is not None:
         raise InputError(
-            f"--data {name}: {missing} not found: {spec.layout} (dwfc never downloads)"
-            f"{_hint(spec, root, missing)}"
+            f"--data {name}: {missing} not found: {spec.layout}{_hint(spec, root, missing)}"
         )
 
 

@@ -134,7 +134,7 @@ def _canonical_bytes(tensor: torch.Tensor) -> np.ndarray:
 
 
 def tensor_digests(state_dict: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """ "sha256:<hex>" of each tensor's dtype, shape and bytes, zeros counted as +0.0.
+    """Return a "sha256:<hex>" digest of each tensor's dtype, shape and bytes (-0.0 as +0.0).
 
     The hashed bytes are `b"<dtype>|<d0,d1,...>|"` (e.g. `b"float32|300,784|"`) followed by
     the little-endian element bytes with -0.0 written as +0.0, so a state dict and the one

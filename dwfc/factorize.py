@@ -42,8 +42,10 @@ class HadamardFactors(nn.Module):
         weight = factors[0]
         for factor in factors[1:]:
             weight = weight * factor
-        if self.mask is not None:
-            weight = weight * self.mask
+        if self.mask is not None:  # where(), not a product: pruned entries are +0.0, never -0.0
+            weight = torch.where(
+                self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)
+            )
         return weight
 
     def right_inverse(self, weight: Tensor) -> tuple[Tensor, ...]:
@@ -219,7 +221,7 @@ def set_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
     for fw in factorized_weights(model):
         if fw.name in masks:
             fw.parametrization.mask = masks[fw.name].to(
-                device=fw.factors[0].device, dtype=fw.factors[0].dtype
+                device=fw.factors[0].device, dtype=torch.bool
             )
 
 

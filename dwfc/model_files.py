@@ -76,12 +76,12 @@ def sniff_format(file: Path) -> str:
         return "numpy"
     if head[4:8] == b"TFL3":
         return "tflite"
-    if suffix == ".safetensors" or _looks_like_safetensors(head, size):
+    if _looks_like_safetensors(head, size):
         return "safetensors"
-    if suffix == ".onnx":
-        return "onnx"
     if head.startswith(b"PK") and zipfile.is_zipfile(file):
-        return _sniff_zip(file)
+        return _sniff_zip(file)  # the content decides: a torch.save zip named .safetensors loads
+    if suffix in (".onnx", ".safetensors"):
+        return suffix[1:]
     return "torch"
 
 
@@ -135,7 +135,8 @@ def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     try:
         state_dict = load_sparse(file)
     except InputError as e:
-        raise InputError(f"cannot read {file} as a safetensors file: {e}") from e
+        reason = str(e).removeprefix(f"{file}: ")
+        raise InputError(f"cannot read {file} as a safetensors file: {reason}") from e
     notes = []
     if "dwfc.format" in read_metadata(file):
         notes.append(f"{file.name} is a dwfc sparse file: its weights were expanded to dense")

@@ -1,7 +1,7 @@
 """Shared fixtures: a briefly pretrained LeNet-300-100 on mnist5k and tiny compression recipes.
 
-Tests marked `slow` (end-to-end runs of tens of seconds, e.g. `dwfc demo`) are skipped unless
-pytest is given `--runslow`.
+Tests marked `slow` (end-to-end runs of tens of seconds, e.g. `dwfc demo`) run by default;
+`pytest -m "not slow"` leaves them out for a quick loop.
 """
 
 from __future__ import annotations
@@ -22,21 +22,6 @@ ARCH = "dwfc.zoo:lenet_300_100"
 
 # A run of a few seconds on 2 CPU cores: 1 DWF epoch, then 1 epoch of masked fine-tuning.
 TINY_OVERRIDES = (f"model.arch={ARCH}", "train.epochs=1", "sparsity.finetune_epochs=1")
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--runslow", action="store_true", default=False, help="also run tests marked slow"
-    )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--runslow"):
-        return
-    skip_slow = pytest.mark.skip(reason="slow end-to-end test: pass --runslow to run it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,16 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from dwfc.data import MNIST_MEAN, MNIST_STD, load_data, mnist5k
+from dwfc.config import DataConfig
+from dwfc.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    load_data,
+    load_data_config,
+    mnist5k,
+    num_classes,
+    sample_shape,
+)
 from dwfc.errors import InputError
 
 
@@ -93,12 +102,26 @@ def test_load_data_mnist5k_bad_option():
         load_data("mnist5k", root="x")
 
 
-@pytest.mark.parametrize("source", ["mnist", "cifar10", "", "mnist5k.csv"])
+@pytest.mark.parametrize("source", ["", "mnist5k.csv", "cifar", "imagenet"])
 def test_unknown_source(source):
     with pytest.raises(
-        InputError, match="unknown data source .*'mnist5k' or 'package.module:factory'"
+        InputError,
+        match=r"unknown data source .*use one of mnist5k, mnist, .*, or 'package\.module:factory'",
     ):
         load_data(source)
+
+
+@pytest.mark.parametrize("source", ["mnist", "CIFAR10"])
+def test_builtin_source_needs_root(source):
+    with pytest.raises(InputError, match=f"--data {source.lower()} needs --data-root"):
+        load_data(source)
+
+
+def test_builtin_source_bad_option(tmp_path):
+    with pytest.raises(InputError, match=r"does not accept options \['colour'\]"):
+        load_data("cifar10", root=str(tmp_path), colour="red")
+    with pytest.raises(InputError, match="option image_size"):
+        load_data("cifar10", root=str(tmp_path), image_size="big")
 
 
 FACTORY_MODULE = """
@@ -126,6 +149,12 @@ def not_datasets():
 
 def empty():
     return pair(n=0)
+
+
+def with_root(root, n=8):
+    train, test = pair(n)
+    test.root = root
+    return train, test
 
 
 NOT_CALLABLE = 3
@@ -176,3 +205,95 @@ def test_parse_is_cached():
 
     assert _read_mnist5k() is _read_mnist5k()
     assert np.asarray(_read_mnist5k()[0]).flags.writeable is False
+
+
+# --- load_data_config ------------------------------------------------------------------------
+
+
+def test_config_mnist5k_default_is_unchanged(split):
+    train, test = load_data_config(DataConfig(source="MNIST5K"))
+    assert torch.equal(train.tensors[0], split[0].tensors[0])
+    assert torch.equal(test.tensors[1], split[1].tensors[1])
+
+
+def test_config_mnist5k_options_size_and_normalisation(split):
+    cfg = DataConfig(options={"split_seed": 1}, image_size=32, mean=[0.5], std=[0.5])
+    train, test = load_data_config(cfg)
+    assert train.tensors[0].shape == (4000, 1, 32, 32)
+    assert sample_shape(test) == (1, 32, 32)
+    x = test.tensors[0]
+    assert x.min().item() >= -1 - 1e-5 and x.max().item() <= 1 + 1e-5
+    same_size, _ = load_data_config(DataConfig(mean=[0.0], std=[1.0]))
+    pixels = split[0].tensors[0] * MNIST_STD + MNIST_MEAN
+    torch.testing.assert_close(same_size.tensors[0], pixels)
+
+
+def test_config_mnist5k_rejects_root_and_bad_mean():
+    with pytest.raises(InputError, match="mnist5k is bundled with dwfc: drop --data-root"):
+        load_data_config(DataConfig(root="data"))
+    with pytest.raises(InputError, match=r"data\.mean has 3 values but mnist5k images have 1"):
+        load_data_config(DataConfig(mean=[0.1, 0.2, 0.3]))
+
+
+def test_config_factory_gets_options_and_root(factory_module, tmp_path):
+    cfg = DataConfig(source=f"{factory_module}:with_root", root=str(tmp_path), options={"n": 3})
+    train, test = load_data_config(cfg)
+    assert len(train) == 3 and test.root == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field", [{"image_size": 32}, {"mean": [0.5]}, {"std": [0.5]}, {"augment": True}]
+)
+def test_config_factory_rejects_transform_fields(factory_module, field):
+    (key,) = field
+    cfg = DataConfig(source=f"{factory_module}:pair", **field)
+    with pytest.raises(InputError, match=f"data\\.{key} does not apply to --data .*:pair"):
+        load_data_config(cfg)
+
+
+# --- num_classes / sample_shape -----------------------------------------------------------------
+
+
+def test_num_classes_and_sample_shape(split):
+    train, _ = split
+    assert num_classes(train) == 10
+    assert sample_shape(train) == (1, 28, 28)
+    labels = torch.tensor([0, 7, 2])
+    assert num_classes(TensorDataset(torch.zeros(3, 4), labels)) == 8
+    subset = torch.utils.data.Subset(train, [0, 1])
+    assert num_classes(subset) == 10 and sample_shape(subset) == (1, 28, 28)
+    both = torch.utils.data.ConcatDataset([TensorDataset(torch.zeros(2, 1), labels[:2]), train])
+    assert num_classes(both) == 10
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items, **attrs):
+        self.items = items
+        self.__dict__.update(attrs)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_num_classes_from_attributes():
+    assert num_classes(_Items([], classes=["a", "b", "c"])) == 3
+    assert num_classes(_Items([], targets=[1, 4, 0])) == 5
+    assert num_classes(_Items([], labels=np.array([2, 0]))) == 3
+    assert num_classes(_Items([], targets=[0.5, 1.5])) is None  # not class labels
+    assert num_classes(_Items([])) is None
+    assert num_classes(TensorDataset(torch.zeros(2, 3), torch.zeros(2, 3))) is None
+
+
+def test_sample_shape_errors():
+    from PIL import Image
+
+    assert sample_shape(_Items([(torch.zeros(3, 8, 8), 1)])) == (3, 8, 8)
+    with pytest.raises(InputError, match="empty"):
+        sample_shape(_Items([]))
+    with pytest.raises(InputError, match=r"\(input, label\) pairs, got a Tensor"):
+        sample_shape(_Items([torch.zeros(3)]))
+    with pytest.raises(InputError, match=r"inputs must be tensors, got PIL.*ToTensor"):
+        sample_shape(_Items([(Image.new("L", (4, 4)), 0)]))

@@ -117,8 +117,9 @@ def mutated_sparse_file(draw: st.DrawFn) -> tuple[bytes, dict[str, list[int]]]:
     parts = _sparse_parts(w)
     meta: Any = _meta(["w"])
     kind = draw(st.sampled_from(["part", "shape", "bits", "drop", "meta", "none"]))
+    suffix = draw(st.sampled_from(SUFFIXES))
     if kind == "part":  # one companion replaced by an arbitrary, self-consistent tensor
-        parts[draw(st.sampled_from(SUFFIXES))] = draw(raw_tensor())
+        parts[suffix] = draw(raw_tensor())
     elif kind == "shape":  # .shape claims other dimensions, any int dtype
         dims = draw(wild_shape)
         dtype = draw(st.sampled_from(["I64", "I32", "U64", "I8", "F32"]))
@@ -126,8 +127,7 @@ def mutated_sparse_file(draw: st.DrawFn) -> tuple[bytes, dict[str, list[int]]]:
         with np.errstate(over="ignore"):
             raw = np.asarray(dims, dtype=object).astype(np.int64).astype(fmt).tobytes()
         parts["shape"] = (dtype, [len(dims)], raw)
-    elif kind == "bits":  # flip bits in one companion's data
-        suffix = draw(st.sampled_from(SUFFIXES))
+    elif kind == "bits":  # flip a bit in one companion's data
         dtype, shape, raw = parts[suffix]
         if raw:
             data = bytearray(raw)
@@ -135,7 +135,7 @@ def mutated_sparse_file(draw: st.DrawFn) -> tuple[bytes, dict[str, list[int]]]:
             data[i] ^= 1 << draw(st.integers(0, 7))
             parts[suffix] = (dtype, shape, bytes(data))
     elif kind == "drop":
-        del parts[draw(st.sampled_from(SUFFIXES))]
+        del parts[suffix]
     elif kind == "meta":
         meta = draw(
             st.one_of(
@@ -152,7 +152,9 @@ def mutated_sparse_file(draw: st.DrawFn) -> tuple[bytes, dict[str, list[int]]]:
     tensors = {f"w.{k}": v for k, v in parts.items()}
     if draw(st.booleans()):
         tensors["b"] = draw(raw_tensor())
-    claimed = {"w": w.shape} if kind in ("none", "bits") else {}
+    # Only these mutations keep the claimed shape: a flipped bit in .shape may claim another one.
+    keeps_shape = kind == "none" or (kind == "bits" and suffix != "shape")
+    claimed = {"w": w.shape} if keeps_shape else {}
     return _raw_file(tensors, meta), {k: list(v) for k, v in claimed.items()}
 
 

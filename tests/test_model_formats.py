@@ -49,6 +49,12 @@ def test_state_dict_formats(tmp_path, net, batch, suffix):
     assert notes == []
 
 
+def test_content_decides_over_suffix(tmp_path, net, batch):
+    path = tmp_path / "really_torch.safetensors"
+    torch.save(net.state_dict(), path)
+    assert _same(net, load_model(path, arch=ARCH), batch)
+
+
 def test_dwfc_sparse_file_is_expanded(tmp_path, net, batch):
     with torch.no_grad():
         net.features[0].weight[0].zero_()
@@ -312,3 +318,36 @@ def test_numpy_file(tmp_path):
     np.save(path, np.zeros(3))
     with pytest.raises(InputError, match="is a NumPy array file"):
         load_model(path, arch=ARCH)
+
+
+# --- through the CLI: bad model input exits with code 2 -----------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize(
+    ("case", "arch", "message"),
+    [
+        ("wrong-keys", ARCH, "unexpected keys: extra.weight"),
+        ("state-dict", "dwfc.zoo:resnet", "has no attribute 'resnet'"),
+        ("state-dict", "torchvision:resnet19", "torchvision has no model 'resnet19'"),
+        ("torchscript", ARCH, "is a TorchScript archive"),
+    ],
+)
+def test_cli_exit_code_2(tmp_path, net, batch, case, arch, message):
+    from typer.testing import CliRunner
+
+    from dwfc.cli import app
+
+    path = tmp_path / "model.pt"
+    if case == "torchscript":
+        torch.jit.save(torch.jit.trace(net, batch), str(path))
+    else:
+        sd = net.state_dict()
+        if case == "wrong-keys":
+            sd["extra.weight"] = torch.zeros(1)
+        torch.save(sd, path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compress", str(path), "--arch", arch, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output + getattr(result, "stderr", "")
+    assert not out.exists()

@@ -57,12 +57,17 @@ class TransformerClassifier(nn.Module):
 
 def _vgg11_bn() -> nn.Module:
     # At 32x32 the features end at 1x1 and torchvision's AdaptiveAvgPool2d((7, 7)) upsamples
-    # to 7x7, which the TorchScript exporter cannot express (in any opset: it only exports
-    # adaptive pools whose output size divides the input size). The usual CIFAR head pools to
-    # 1x1 and feeds 512 features to the classifier; it also saves 100M parameters.
+    # that to 7x7, which the TorchScript exporter cannot express in any opset (it exports an
+    # adaptive pool only when the output size divides the input size; 224x224 inputs give
+    # 7x7 maps). So this is vgg11_bn's feature stack (8 convs + BatchNorm) with the usual
+    # CIFAR head: pool to 1x1, then 512 -> 512 -> 512 -> 10 (0.5M instead of 120M weights).
     model = models.vgg11_bn(weights=None, num_classes=10)
     model.avgpool = nn.AdaptiveAvgPool2d(1)
-    model.classifier[0] = nn.Linear(512, 4096)
+    model.classifier = nn.Sequential(
+        nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(512, 10),
+    )
     return model
 
 
@@ -95,7 +100,9 @@ class Case:
 
 CASES = {
     "resnet18": Case(lambda: models.resnet18(weights=None, num_classes=10), _images, 10, 21),
-    "mobilenet_v2": Case(lambda: models.mobilenet_v2(weights=None, num_classes=10), _images, 10, 53),
+    "mobilenet_v2": Case(
+        lambda: models.mobilenet_v2(weights=None, num_classes=10), _images, 10, 53
+    ),
     "vgg11_bn": Case(_vgg11_bn, _images, 10, 11),
     "vit": Case(_vit, _images, 10, 10),
     "lstm": Case(LSTMClassifier, _tokens, 4, 4),
@@ -117,17 +124,33 @@ def _no_mha_fastpath() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Small batches gain nothing from intra-op threads, and on a busy shared CPU two
+    threads that wait on each other made these cases several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_factorize_train_collapse_export(name, tmp_path):
     case = CASES[name]
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = case.build().eval()
+    calibration = [case.inputs(16, g)]
     if has_batchnorm(model):  # realistic statistics, else activations vanish at init
-        recalibrate_batchnorm_(model, [case.inputs(8, g)], "cpu")
+        recalibrate_batchnorm_(model, calibration, "cpu")
     x = case.inputs(3, g)
+    # The parity check runs in float64: in float32 the rounding of |w|^(1/D) (a few ulps per
+    # weight) grows through 50+ layers to ~3e-5 on mobilenet_v2, which says nothing about the
+    # factorization; in float64 any real difference would stand out.
+    x64 = x.double() if x.is_floating_point() else x
+    model.double()
     with torch.no_grad():
-        expected = model(x)
+        expected = model(x64)
     assert expected.abs().max() > 0.05  # the comparison below is not vacuous
 
     planned = plan(model, FactorizeConfig())
@@ -137,7 +160,10 @@ def test_factorize_train_collapse_export(name, tmp_path):
         pw.name for pw in planned
     )
     with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model(x64), expected, rtol=1e-4, atol=1e-5)
+        model.float()
+        torch.testing.assert_close(model(x), expected.float(), rtol=1e-3, atol=1e-4)
+        expected = expected.float()
 
     factors = factor_parameters(model)
     factor_ids = {id(f) for f in factors}
@@ -157,6 +183,11 @@ def test_factorize_train_collapse_export(name, tmp_path):
     assert torch.isfinite(loss)
 
     dwfc.collapse_(model)
+    if has_batchnorm(model):
+        # As the pipeline does after the cut. Without it the running statistics, mixed from
+        # two batches of 4 while the weights moved, are so far off that onnxruntime and
+        # PyTorch differ by up to 5e-3 (float rounding, amplified); after it, by ~1e-5.
+        recalibrate_batchnorm_(model, calibration, "cpu")
     model.eval()
     assert not list(dwfc.factorized_weights(model))
     with torch.no_grad():
