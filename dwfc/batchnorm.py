@@ -23,9 +23,7 @@ from .errors import InputError
 
 
 def _batchnorms(model: nn.Module) -> list[_BatchNorm]:
-    return [
-        m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
-    ]
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
 def has_batchnorm(model: nn.Module) -> bool:

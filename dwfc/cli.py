@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .config import builtin_recipes, load_recipe
-from .errors import DwfcError
+from .config import Recipe, builtin_recipes, load_recipe
+from .errors import DwfcError, InputError
 from .progress import RichProgress
 
 app = typer.Typer(
@@ -90,10 +90,14 @@ def _summary(report: dict[str, Any], out_dir: Path) -> None:
     sp, acc = report["sparsity"], report["accuracy"]
     ort = acc.get("compressed_onnxruntime")
     out.print(
-        f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%}; DWF made "
-        f"{sp['reached_by_training_relative']:.2%} negligible by itself), "
-        f"CR {sp['compression_ratio']:.1f}x"
+        f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%}), "
+        f"CR {sp['compression_ratio']:.1f}x; training alone brought "
+        f"{sp['reached_by_training_controlled']:.2%} of the weights under "
+        f"{sp['control_threshold']:g}x their layer's RMS; the cut removed none larger than "
+        f"{sp['largest_cut_relative']:.3g}x"
     )
+    for warning in report.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(
         f"accuracy {acc['original']:.2%} -> {acc['compressed_pytorch']:.2%} (PyTorch)"
         + (f", {ort:.2%} (onnxruntime)" if ort is not None else "")
@@ -112,7 +116,7 @@ def compress(
         str | None, _opt("mnist5k, a data set name, or package.module:factory.")
     ] = None,
     data_root: Annotated[str | None, _opt("Local folder of the data set.")] = None,
-    arch: Annotated[str | None, _opt("package.module:factory that builds the model.")] = None,
+    arch: Annotated[str | None, _opt("package.module:factory or torchvision:NAME.")] = None,
     arch_kwarg: Annotated[
         list[str] | None, _opt("Factory argument key=value (repeatable).")
     ] = None,
@@ -125,7 +129,11 @@ def compress(
         float | None, _opt("Gate: fail (exit 3) past this loss, in points.")
     ] = None,  # noqa: E501
     min_sparsity: Annotated[float | None, _opt("Gate: fail (exit 3) below this sparsity.")] = None,
+    include: Annotated[list[str] | None, _opt("Only weights matching (glob, re:, type:).")] = None,
+    exclude: Annotated[list[str] | None, _opt("Never weights matching (glob, re:, type:).")] = None,
+    depth_override: Annotated[list[str] | None, _opt("PATTERN=D: another depth there.")] = None,
     recipe: RecipeOpt = "default",
+    dry_run: Annotated[bool, _opt("List the weights that would be factorized, then stop.")] = False,
     overwrite: Annotated[bool, _opt("Replace the outputs in a non-empty --out.")] = False,
     resume: Annotated[bool, _opt("Continue from --out/checkpoint.pt.")] = False,
     quiet: QuietOpt = False,
@@ -144,6 +152,10 @@ def compress(
         if trust_model:
             flags.append("model.trust_model=true")
         resolved = load_recipe(recipe, [*flags, *(overrides or [])])
+        _apply_selection(resolved, include, exclude, depth_override)
+        if dry_run:
+            _plan(model, resolved, as_json)
+            return
         with RichProgress(err, enabled=not quiet) as progress:
             report = run_compress(
                 model, out_dir, resolved, overwrite=overwrite, resume=resume,
@@ -155,6 +167,99 @@ def compress(
             _print_json({"ok": True, "out": str(out_dir), **report})
         else:
             _summary(report, out_dir)
+
+
+def _apply_selection(
+    recipe: Recipe, include: list[str] | None, exclude: list[str] | None,
+    depth_override: list[str] | None,
+) -> None:  # fmt: skip
+    """Patterns go straight into the recipe: YAML would misread globs like `*_reverse`."""
+    factorize = recipe.factorize
+    factorize.include = [*factorize.include, *(include or [])]
+    factorize.exclude = [*factorize.exclude, *(exclude or [])]
+    overrides = dict(factorize.depth_overrides)
+    for item in depth_override or []:
+        pattern, sep, depth = item.rpartition("=")
+        if not sep or not pattern or not depth.strip().isdigit():
+            raise InputError(f"--depth-override '{item}' must look like PATTERN=D, e.g. fc*=2")
+        overrides[pattern] = int(depth)
+    factorize.depth_overrides = overrides
+
+
+def _plan(model_path: Path, recipe: Recipe, as_json: bool) -> None:
+    from .models import load_model_with_notes
+    from .select import format_plan, plan, plan_summary
+
+    model, _ = load_model_with_notes(
+        model_path, recipe.model.arch, recipe.model.arch_kwargs, recipe.model.trust_model
+    )
+    planned = plan(model, recipe.factorize)
+    if as_json:
+        _print_json({"ok": True, **plan_summary(planned, model)})
+    else:
+        out.print(format_plan(planned, model), highlight=False)
+
+
+@app.command()
+def verify(
+    out_dir: Annotated[Path, typer.Argument(help="An output folder of dwfc compress.")],
+    data: Annotated[str | None, _opt("Re-measure accuracy on this data (e.g. mnist5k).")] = None,
+    batch_size: Annotated[int, _opt("Batch size of the ONNX parity check.")] = 256,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-check a finished run: hashes, sparsity, ONNX parity, accuracy (exit 6 on mismatch)."""
+    from .verify import format_verification, raise_for_failures, verify_run
+
+    with _errors(as_json):
+        result = verify_run(out_dir, data_source=data, batch_size=batch_size)
+        if as_json:
+            _print_json(result)
+        else:
+            out.print(format_verification(result), highlight=False)
+        raise_for_failures(result)
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A .safetensors (sparse or dense), .onnx or .pt.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-layer shapes, non-zeros and sparsity of a model file, and the totals."""
+    from .inspect import format_inspection, inspect_file
+
+    with _errors(as_json):
+        info = inspect_file(file)
+        if as_json:
+            _print_json({"ok": True, **info})
+        else:
+            out.print(format_inspection(info), highlight=False)
+
+
+@app.command("plan")
+def plan_command(
+    model: Annotated[Path, typer.Argument(help="A state dict (with --arch) or a saved module.")],
+    overrides: Overrides = None,
+    arch: Annotated[str | None, _opt("package.module:factory or torchvision:NAME.")] = None,
+    arch_kwarg: Annotated[
+        list[str] | None, _opt("Factory argument key=value (repeatable).")
+    ] = None,
+    trust_model: Annotated[bool, _opt("Allow unpickling a saved module (runs its code).")] = False,
+    depth: Annotated[int | None, _opt("D, the number of factors (>= 2).")] = None,
+    include: Annotated[list[str] | None, _opt("Only weights matching (glob, re:, type:).")] = None,
+    exclude: Annotated[list[str] | None, _opt("Never weights matching (glob, re:, type:).")] = None,
+    depth_override: Annotated[list[str] | None, _opt("PATTERN=D: another depth there.")] = None,
+    recipe: RecipeOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """List every weight `compress` would factorize (same as `compress --dry-run`)."""
+    with _errors(as_json):
+        flags = _flag_overrides(arch=arch, depth=depth)
+        flags += [f"model.arch_kwargs.{kv}" for kv in arch_kwarg or []]
+        if trust_model:
+            flags.append("model.trust_model=true")
+        resolved = load_recipe(recipe, [*flags, *(overrides or [])])
+        _apply_selection(resolved, include, exclude, depth_override)
+        _plan(model, resolved, as_json)
 
 
 @app.command()

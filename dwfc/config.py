@@ -59,7 +59,7 @@ class FactorizeConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(30, ge=1)  # DWF epochs (sparsify + settle); the masked fine-tune is extra
-    lr: float = Field(0.05, gt=0)  # effective rate on the collapsed weights, see lr_scaling
+    lr: float | None = Field(None, gt=0)  # rate on typical weights; None: 0.05, 0.03 for D >= 4
     lr_scaling: Literal["per_layer", "none"] = "per_layer"
     max_lr_scale: float = Field(1000.0, ge=1)  # cap on the per-layer factor-lr multiplier
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -76,15 +76,19 @@ class TrainConfig(_Section):
 
 
 class SparsityConfig(_Section):
+    method: Literal["dwf", "gmp", "oneshot", "random", "l1"] = "dwf"  # baselines: docs/baselines.md
     target: float = 0.95
     eps: float = Field(1.19e-7, gt=0)  # "zero" in the paper's convention (fp32 machine epsilon)
     relative_threshold: float = Field(0.01, gt=0, lt=1)  # negligible: |w| < this * layer RMS
-    ramp_fraction: float = Field(0.6, gt=0, le=1)  # share of DWF epochs spent ramping to target
+    ramp_fraction: float = Field(0.5, gt=0, le=1)  # share of DWF epochs spent ramping to target
     lambda_init: float = Field(1e-4, gt=0)
     lambda_min: float = Field(1e-7, gt=0)
     lambda_max: float = Field(1.0, gt=0)
     gain: float = Field(1.0, gt=0)  # log-lambda change per unit of normalised sparsity error
     max_step: float = Field(0.05, gt=0)  # bound on |log-lambda change| per controller update
+    control_threshold: float = Field(0.1, gt=0, lt=1)  # controlled: |w| < this * layer RMS
+    lookahead: float = Field(10.0, ge=0)  # updates to extrapolate the density trend (anti-windup)
+    down_gain: float = Field(0.2, gt=0)  # gain when too sparse: lambda falls slowly after the ramp
     finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after the exact cut
     finetune_lr: float = Field(0.01, ge=0)
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics after the cut
@@ -101,6 +105,7 @@ class ExportConfig(_Section):
     onnx: bool = True
     opset: int = Field(17, ge=9)
     parity_tolerance: float = Field(1e-4, gt=0)
+    sparse_onnx: bool = True  # also write model.sparse.onnx (sparse_initializers) when smaller
 
 
 class GatesConfig(_Section):
@@ -110,6 +115,10 @@ class GatesConfig(_Section):
 
 class Recipe(_Section):
     """The fully resolved configuration of a run; `recipe.model_dump()` is what reports record."""
+
+    def model_post_init(self, context: Any) -> None:
+        if self.train.lr is None:  # D = 4 diverged at 0.05 on LeNet-300-100 (docs/controller.md)
+            self.train.lr = 0.05 if self.factorize.depth <= 3 else 0.03
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -148,7 +148,7 @@ def _load_checked(file: Path, trust_model: bool) -> tuple[Any, list[str]]:
         with warnings.catch_warnings():
             # torch warns about pickle protocols while probing non-torch files.
             warnings.simplefilter("ignore")
-            return torch.load(file, map_location="cpu", weights_only=True), []
+            return _torch_load(file, weights_only=True), []
     except pickle.UnpicklingError as e:
         if not _is_torch_checkpoint(file):
             if _is_onnx(file):
@@ -168,7 +168,7 @@ def _load_checked(file: Path, trust_model: bool) -> tuple[Any, list[str]]:
             "if you trust it, or save a state dict and pass --arch"
         ) from safe_error
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=False)
+        obj = _torch_load(file, weights_only=False)
     except ModuleNotFoundError as e:
         raise InputError(
             f"cannot unpickle {file}: no module named {e.name!r}; the model's classes must be "
@@ -182,6 +182,12 @@ def _load_checked(file: Path, trust_model: bool) -> tuple[Any, list[str]]:
             "or its state dict"
         )
     return obj, ["loaded with full unpickling (--trust-model)"]
+
+
+def _torch_load(file: Path, weights_only: bool) -> Any:
+    # Through a file object: torch.load(path) hands any *.safetensors name to safetensors.
+    with open(file, "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=weights_only)
 
 
 def _is_onnx(file: Path) -> bool:

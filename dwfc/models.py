@@ -195,7 +195,7 @@ def load_model_with_notes(
 
     Notes name what dwfc recognised and adapted, e.g. "state dict found under checkpoint['model']
     (other entries ignored: epoch, optimizer)" or "'module.' prefix removed from every key (saved
-    from DataParallel/DistributedDataParallel)". A plain state dict gives no notes.
+    from DataParallel/DistributedDataParallel)". A plain state dict with a factory gives none.
 
     Example:
         >>> model, notes = load_model_with_notes("ckpt.pth", "torchvision:vgg11")  # doctest: +SKIP

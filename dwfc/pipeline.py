@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,30 @@ from torch.utils.data.distributed import DistributedSampler
 from . import __version__
 from . import distributed as dist
 from ._atomic import write_text_atomic
+from .baselines import train_baseline
+from .batchnorm import has_batchnorm, recalibrate_batchnorm_
 from .checkpoint import CHECKPOINT_NAME, StopRequest, load_checkpoint
 from .config import Recipe, recipe_to_yaml
-from .data import load_data
+from .data import load_data_config, num_classes
 from .errors import ExportCheckError, InputError, QualityGateFailed
-from .export import export_onnx, load_sparse, onnx_accuracy, onnx_max_abs_diff, save_sparse
-from .factorize import collapse_, factorize_, factorized_weights, layer_type_filter
+from .export import (
+    SPARSE_ONNX_NOTE,
+    export_onnx,
+    export_sparse_onnx,
+    load_sparse,
+    onnx_accuracy,
+    onnx_max_abs_diff,
+    save_sparse,
+    tensor_digests,
+)
+from .factorize import collapse_
 from .loop import Precision, device_name, evaluate, resolve_device
-from .models import count_parameters, load_model
+from .models import count_parameters, load_model_with_notes
 from .outputs import check_out, file_sizes, make_staging, publish
 from .report import write_report
-from .sparsity import layer_stats
-from .train import Callback, DwfOutcome, train_dwf
+from .select import apply_plan_, plan, retie_
+from .summary import gate_results, layer_rows, method_summary, sparsity_summary, warnings_for
+from .train import Callback, train_dwf
 
 
 def _loaders(
@@ -52,71 +65,43 @@ def _loaders(
     return train_loader, eval_loader, generator
 
 
-def _check_fit(model: nn.Module, loader: DataLoader) -> torch.Tensor:
-    """One forward pass on an evaluation batch, so shape mismatches fail before training."""
+def _check_fit(model: nn.Module, loader: DataLoader, classes: int | None) -> torch.Tensor:
+    """One forward pass on an evaluation batch, so mismatches fail before any training."""
     x, y = next(iter(loader))
     try:
         with torch.no_grad():
             logits = model.eval()(x)
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise InputError(
             f"the model cannot take the data's input of shape {tuple(x.shape[1:])}: "
             f"{str(exc).splitlines()[0]}"
         ) from None
-    if logits.dim() != 2 or logits.shape[1] <= int(y.max()):
+    needed = max(classes or 0, int(y.max()) + 1)
+    if logits.dim() != 2 or logits.shape[1] < needed:
         raise InputError(
-            f"the model outputs shape {tuple(logits.shape[1:])} but the data has labels up to "
-            f"{int(y.max())}: the model needs at least {int(y.max()) + 1} outputs"
+            f"the model outputs shape {tuple(logits.shape[1:])} but the data has {needed} "
+            f"classes: the model needs {needed} outputs"
         )
     return x
 
 
-def _layers(model: nn.Module, factorized: list[str]) -> list[dict[str, Any]]:
-    state = model.state_dict()
-    return [
-        {"name": s.name, "shape": s.shape, "weights": s.weights, "nonzero": s.nonzero,
-         "sparsity": s.sparsity, "factorized": True}
-        for s in layer_stats({name: state[name] for name in factorized})
-    ]  # fmt: skip
-
-
-def _sparsity_summary(
-    layers: list[dict[str, Any]], recipe: Recipe, outcome: DwfOutcome, total_params: int
-) -> dict[str, Any]:
-    weights = sum(s["weights"] for s in layers)
-    nonzero = sum(s["nonzero"] for s in layers)
-    return {
-        "target": recipe.sparsity.target,
-        "achieved": 1.0 - nonzero / weights,
-        "reached_by_training_eps": outcome.sparsity_eps,
-        "reached_by_training_relative": outcome.sparsity_relative,
-        "eps": recipe.sparsity.eps,
-        "relative_threshold": recipe.sparsity.relative_threshold,
-        "factorized_weights": weights,
-        "nonzero_weights": nonzero,
-        "compression_ratio": weights / nonzero if nonzero else float("inf"),
-        "total_parameters": total_params,
-        "unfactorized_parameters": total_params - weights,
-    }
-
-
 def _export(
-    model: nn.Module, staging: Path, factorized: list[str], example: torch.Tensor,
+    model: nn.Module, staging: Path, names: list[str], example: torch.Tensor,
     eval_loader: DataLoader, recipe: Recipe, summary: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    hashes = tensor_digests(state)
     metadata = {
         "dwfc.version": __version__,
         "dwfc.recipe": json.dumps(recipe.model_dump(mode="json")),
         "dwfc.sparsity": json.dumps(summary),
+        "dwfc.hashes": json.dumps(hashes),
     }
     sparse_path = staging / "model.safetensors"
-    save_sparse(state, sparse_path, factorized, metadata)
-    restored = load_sparse(sparse_path)
-    same_keys = restored.keys() == state.keys()
-    if not same_keys or any(not torch.equal(restored[k], v) for k, v in state.items()):
+    save_sparse(state, sparse_path, [n for n in names if n in state], metadata)
+    if tensor_digests(load_sparse(sparse_path)) != hashes:
         raise ExportCheckError("model.safetensors does not restore the collapsed weights exactly")
-    result: dict[str, Any] = {"onnx": None, "onnx_accuracy": None}
+    result: dict[str, Any] = {"onnx": None, "onnx_accuracy": None, "hashes": hashes}
     if recipe.export.onnx:
         onnx_path = staging / "model.onnx"
         cpu_model = model.to("cpu").eval()
@@ -127,26 +112,17 @@ def _export(
                 f"onnxruntime output differs from PyTorch by {diff:.3g} "
                 f"(tolerance {recipe.export.parity_tolerance:g})"
             )
-        result["onnx"] = {"max_abs_diff": diff, "tolerance": recipe.export.parity_tolerance,
-                          "checker": "passed", "opset": recipe.export.opset}  # fmt: skip
+        sparse_onnx = recipe.export.sparse_onnx and export_sparse_onnx(
+            onnx_path, staging / "model.sparse.onnx"
+        )
+        result["onnx"] = {
+            "max_abs_diff": diff, "tolerance": recipe.export.parity_tolerance,
+            "checker": "passed", "opset": recipe.export.opset,
+            "sparse_variant": "model.sparse.onnx" if sparse_onnx else None,
+            "sparse_variant_note": SPARSE_ONNX_NOTE if sparse_onnx else None,
+        }  # fmt: skip
         result["onnx_accuracy"] = onnx_accuracy(onnx_path, eval_loader)
     return result
-
-
-def _gates(recipe: Recipe, report: dict[str, Any]) -> list[dict[str, Any]]:
-    gates = []
-    drop = recipe.gates.max_accuracy_drop
-    if drop is not None:
-        acc = report["accuracy"]
-        lost = 100.0 * (acc["original"] - acc["compressed_pytorch"])
-        gates.append({"gate": "max_accuracy_drop", "threshold": drop, "value": lost,
-                      "passed": lost <= drop})  # fmt: skip
-    floor = recipe.gates.min_sparsity
-    if floor is not None:
-        achieved = report["sparsity"]["achieved"]
-        gates.append({"gate": "min_sparsity", "threshold": floor, "value": achieved,
-                      "passed": achieved >= floor})  # fmt: skip
-    return gates
 
 
 def _resume_payload(out: Path, recipe: Recipe) -> dict[str, Any]:
@@ -154,12 +130,26 @@ def _resume_payload(out: Path, recipe: Recipe) -> dict[str, Any]:
     saved, now = payload["recipe"], recipe.model_dump(mode="json")
     for section, values in now.items():
         for key, value in values.items():
-            if section != "export" and saved.get(section, {}).get(key) != value:
+            if section not in ("export", "gates") and saved.get(section, {}).get(key) != value:
                 raise InputError(
                     f"--resume: {section}.{key} is {value!r} but the checkpoint was made with "
                     f"{saved.get(section, {}).get(key)!r}; resume with the same settings"
                 )
     return payload
+
+
+def _recalibrate(
+    model: nn.Module, recipe: Recipe, loaders: tuple[DataLoader, DataLoader],
+    device: torch.device, precision: Precision,
+) -> dict[str, float]:  # fmt: skip
+    """Re-estimate BatchNorm statistics after the cut; the accuracy before and after."""
+    if not (recipe.sparsity.recalibrate_bn and has_batchnorm(model)):
+        return {}
+    train_loader, eval_loader = loaders
+    before = evaluate(model, eval_loader, device, precision)
+    recalibrate_batchnorm_(model, train_loader, device)
+    return {"before_bn_recalibration": before,
+            "after_bn_recalibration": evaluate(model, eval_loader, device, precision)}  # fmt: skip
 
 
 def compress(
@@ -196,30 +186,35 @@ def compress(
         torch.manual_seed(recipe.train.seed)
         timing: dict[str, float] = {}
         emit("stage", {"stage": "load"})
-        model = load_model(
+        model, notes = load_model_with_notes(
             model_path, recipe.model.arch, recipe.model.arch_kwargs, recipe.model.trust_model
         )
-        train_set, eval_set = load_data(recipe.data.source, **recipe.data.options)
+        planned = plan(model, recipe.factorize)
+        train_set, eval_set = load_data_config(recipe.data)
         train_loader, eval_loader, generator = _loaders(train_set, eval_set, recipe, device)
-        example = _check_fit(model, eval_loader)
+        example = _check_fit(model, eval_loader, num_classes(train_set))
         total_params = count_parameters(model)
         model.to(device)
         precision = Precision.for_device(device, model, enabled=recipe.train.amp)
         original_acc = evaluate(model, eval_loader, device, precision)
         timing["load_s"] = time.perf_counter() - started
 
-        factorize_(model, depth=recipe.factorize.depth, init=recipe.factorize.init,
-                   filter_fn=layer_type_filter(recipe.factorize.layer_types))  # fmt: skip
+        dwf = recipe.sparsity.method == "dwf"
+        apply_plan_(model, planned, init=recipe.factorize.init)
+        names = [p.name for p in planned]
+        if not dwf:  # a baseline prunes the same weights, kept plain
+            collapse_(model)
+            retie_(model)
         if precision.channels_last:
             model.to(memory_format=torch.channels_last)
-        factorized = [fw.name for fw in factorized_weights(model)]
         forward_model = model
         if distributed:
             device_ids = [device.index] if device.type == "cuda" else None
             forward_model = DistributedDataParallel(model, device_ids=device_ids)
-        emit("stage", {"stage": "train", "factorized": len(factorized)})
+        emit("stage", {"stage": "train", "factorized": len(names)})
         with StopRequest() as stop:
-            outcome = train_dwf(
+            train = train_dwf if dwf else partial(train_baseline, recipe.sparsity.method, names)
+            outcome = train(
                 model, train_loader, eval_loader, recipe, device, emit, precision=precision,
                 forward_model=forward_model, resume=payload,
                 checkpoint=out / CHECKPOINT_NAME if recipe.train.checkpoint else None,
@@ -228,50 +223,51 @@ def compress(
         timing.update(outcome.timing)
 
         collapse_(model)
+        retie_(model)
+        bn = _recalibrate(model, recipe, (train_loader, eval_loader), device, precision)
         compressed_acc = evaluate(model, eval_loader, device, precision)
-        layers = _layers(model, factorized)
-        summary = _sparsity_summary(layers, recipe, outcome, total_params)
+        layers = layer_rows(model, names)
+        summary = sparsity_summary(layers, recipe, outcome, total_params)
         if not main:
             return {"sparsity": summary, "rank": dist.rank()}
 
         emit("stage", {"stage": "export"})
         export_started = time.perf_counter()
         staging = make_staging(out)
-        exported = _export(model, staging, factorized, example, eval_loader, recipe, summary)
+        aliases = [alias for p in planned for alias in p.aliases]
+        exported = _export(model, staging, names + aliases, example, eval_loader, recipe, summary)
         timing["export_s"] = time.perf_counter() - export_started
         timing["total_s"] = time.perf_counter() - started
         report = {
             "dwfc_version": __version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {"source": str(model_path), "arch": recipe.model.arch,
-                      "parameters": total_params},
+                      "parameters": total_params, "notes": notes},
             "data": {"source": recipe.data.source, "train_samples": len(train_set),
                      "eval_samples": len(eval_set)},
+            "input_shape": list(example.shape[1:]),
+            "input_dtype": str(example.dtype).removeprefix("torch."),
             "device": device_name(device),
             "precision": precision.describe(),
             "world_size": dist.world_size(),
             "resumed": resume,
-            "method": {
-                "depth": recipe.factorize.depth, "init": recipe.factorize.init,
-                "weight_decay": 2 * outcome.lam / recipe.factorize.depth, "lambda": outcome.lam,
-                "lambda_history_max": outcome.lam_max, "lr": recipe.train.lr,
-                "optimizer": "sgd", "schedule": recipe.train.schedule,
-                "divergence_restarts": outcome.retries,
-            },
+            "method": method_summary(recipe, outcome),
             "sparsity": summary,
             "layers": layers,
             "accuracy": {
-                "original": original_acc, **outcome.accuracy,
+                "original": original_acc, **outcome.accuracy, **bn,
                 "compressed_pytorch": compressed_acc,
                 "compressed_onnxruntime": exported["onnx_accuracy"],
             },
             "onnx": exported["onnx"],
             "files": file_sizes(staging, total_params),
+            "hashes": exported["hashes"],
             "timing": timing,
             "history": outcome.history,
             "recipe": recipe.model_dump(mode="json"),
         }  # fmt: skip
-        report["gates"] = _gates(recipe, report)
+        report["gates"] = gate_results(recipe, report)
+        report["warnings"] = warnings_for(report)
         write_text_atomic(staging / "recipe.yaml", recipe_to_yaml(recipe))
         write_report(staging, report)
         publish(staging, out)

@@ -24,9 +24,13 @@ from .config import FactorizeConfig
 from .errors import InputError
 from .factorize import factorize_
 
-# Layer types whose `weight` is the selected tensor (besides the special cases below).
+# Normalisation layers: their parameters are never factorized, even when listed.
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
-    _NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm
+    _NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
 )
 _TYPE_PREFIX = "type:"
 _RE_PREFIX = "re:"
@@ -128,12 +132,12 @@ def _matcher(pattern: str, where: str) -> Any:
         raise InputError(f"{where}: empty pattern")
     if pattern.startswith(_RE_PREFIX):
         try:
-            regex = re.compile(pattern[len(_RE_PREFIX):])
+            regex = re.compile(pattern[len(_RE_PREFIX) :])
         except re.error as exc:
             raise InputError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
         return lambda c: regex.search(c.name) is not None
     if pattern.startswith(_TYPE_PREFIX):
-        type_name = pattern[len(_TYPE_PREFIX):]
+        type_name = pattern[len(_TYPE_PREFIX) :]
         return lambda c: type_name == c.module_type or type_name in c.class_names
     return lambda c: fnmatch.fnmatchcase(c.name, pattern)
 
@@ -221,6 +225,8 @@ def apply_plan_(model: nn.Module, planned: list[PlannedWeight], init: str = "bal
     Example:
         apply_plan_(model, plan(model, FactorizeConfig()))
     """
+    if not planned:
+        raise InputError("the plan is empty: nothing to factorize")
     by_depth: dict[int, list[str]] = {}
     for pw in planned:
         by_depth.setdefault(pw.depth, []).append(pw.name)

@@ -1,15 +1,18 @@
 """Sparsity: measuring it, the lambda controller that steers DWF to a target, and the exact cut.
 
-The controller (docs/controller.md) treats the fraction of *negligible* weights
-(|w| < relative_threshold * the layer's initial RMS) as the plant output and log(lambda) as the
-input. It follows a cubic ramp from the starting sparsity to the target, then holds the target,
-with a bounded multiplicative update on lambda driven by the log ratio of the densities.
+The controller (docs/controller.md) treats the fraction of *small* weights (|w| <
+control_threshold * the layer's initial RMS, a leading indicator of collapse) as the plant output
+and log(lambda) as the input. It follows a cubic ramp from the starting sparsity to the target,
+then holds it, with a bounded multiplicative update on lambda driven by the log ratio of the
+density predicted `lookahead` updates ahead and the wanted density; lambda rises with `gain` and
+falls with the smaller `down_gain`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +71,18 @@ def global_magnitude_masks(weights: dict[str, Tensor], sparsity: float) -> dict[
     return masks
 
 
+def largest_cut(
+    weights: dict[str, Tensor], masks: dict[str, Tensor], scale: dict[str, float]
+) -> float:
+    """The largest |w| that `masks` remove, in units of its layer's `scale` (0.0: none)."""
+    largest = 0.0
+    for name, w in weights.items():
+        removed = w.detach().abs()[~masks[name].to(w.device)]
+        if removed.numel():
+            largest = max(largest, float(removed.max()) / scale[name])
+    return largest
+
+
 def layer_stats(weights: dict[str, Tensor]) -> list[LayerStats]:
     """Per-weight shape, size and count of non-zeros."""
     return [
@@ -90,9 +105,12 @@ class SparsityController:
     start: float = 0.0
     lam_min: float = 1e-7
     lam_max: float = 1.0
-    gain: float = 2.0
-    max_step: float = 0.25
+    gain: float = 1.0
+    max_step: float = 0.05
+    lookahead: float = 0.0
+    down_gain: float | None = None
     history_max: float = field(init=False, default=0.0)
+    previous_density: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.history_max = self.lam
@@ -105,16 +123,24 @@ class SparsityController:
 
     def update(self, progress: float, measured: float) -> float:
         """One feedback step; returns lambda, raised when too dense and lowered when too sparse."""
-        wanted_density = max(1.0 - self.setpoint(progress), 1e-6)
         density = max(1.0 - measured, 1e-6)
-        step = self.gain * math.log(density / wanted_density)
-        step = max(-self.max_step, min(self.max_step, step))
+        previous = self.previous_density if self.previous_density is not None else density
+        self.previous_density = density
+        # Predict the density `lookahead` updates ahead from its falling log trend: sparsity
+        # appears late and then fast, and lambda must stop rising before the target, not at it.
+        trend = min(0.0, math.log(density / previous))
+        predicted = density * math.exp(self.lookahead * trend)
+        error = math.log(predicted / max(1.0 - self.setpoint(progress), 1e-6))
+        gain = self.gain if error > 0 or self.down_gain is None else self.down_gain
+        step = max(-self.max_step, min(self.max_step, gain * error))
         self.lam = min(self.lam_max, max(self.lam_min, self.lam * math.exp(step)))
         self.history_max = max(self.history_max, self.lam)
         return self.lam
 
-    def state_dict(self) -> dict[str, float]:
-        return {"lam": self.lam, "start": self.start, "history_max": self.history_max}
+    def state_dict(self) -> dict[str, float | None]:
+        return {"lam": self.lam, "start": self.start, "history_max": self.history_max,
+                "previous_density": self.previous_density}  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.lam, self.start, self.history_max = state["lam"], state["start"], state["history_max"]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lam, self.start = state["lam"], state["start"]
+        self.history_max, self.previous_density = state["history_max"], state["previous_density"]

@@ -39,6 +39,7 @@ from .sparsity import (
     collapsed_weights,
     fraction_below,
     global_magnitude_masks,
+    largest_cut,
     layer_rms,
 )
 
@@ -54,6 +55,8 @@ class DwfOutcome:
     accuracy: dict[str, float] = field(default_factory=dict)
     sparsity_eps: float = 0.0
     sparsity_relative: float = 0.0
+    sparsity_controlled: float = 0.0
+    largest_cut: float = 0.0  # largest |w| the exact cut removed, in units of its layer's RMS
     lam: float = 0.0
     lam_max: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)
@@ -106,10 +109,13 @@ class _DwfRun:
         tc, sc = recipe.train, recipe.sparsity
         weights = collapsed_weights(model)
         rms = layer_rms(weights)
+        self.rms = rms
         self.rel = {n: sc.relative_threshold * r for n, r in rms.items()}
+        self.controlled = {n: sc.control_threshold * r for n, r in rms.items()}
         self.ctl = SparsityController(
-            target=sc.target, lam=sc.lambda_init, start=fraction_below(weights, self.rel),
+            target=sc.target, lam=sc.lambda_init, start=fraction_below(weights, self.controlled),
             lam_min=sc.lambda_min, lam_max=sc.lambda_max, gain=sc.gain, max_step=sc.max_step,
+            lookahead=sc.lookahead, down_gain=sc.down_gain,
         )  # fmt: skip
         self.scales = _lr_scales(rms, recipe.factorize.depth, tc.lr_scaling, tc.max_lr_scale)
         self.opt = torch.optim.SGD(
@@ -150,7 +156,7 @@ class _DwfRun:
         row = {
             "phase": phase, "epoch": step / self.steps_per_epoch, "step": step, "loss": loss,
             "train_acc": acc, "eval_acc": None, "sparsity_eps": None, "sparsity_rel": None,
-            "lambda": None, "lr": None,
+            "sparsity_ctl": None, "lambda": None, "lr": None,
         }  # fmt: skip
         if phase == "finetune":
             row["lr"] = self.finetune_lr_at(step - 1)
@@ -159,6 +165,7 @@ class _DwfRun:
             row.update(
                 sparsity_eps=fraction_below(weights, self.recipe.sparsity.eps),
                 sparsity_rel=fraction_below(weights, self.rel),
+                sparsity_ctl=fraction_below(weights, self.controlled),
                 **{"lambda": self.ctl.lam, "lr": self.lr_at(step - 1)},
             )
         return row
@@ -167,7 +174,7 @@ class _DwfRun:
         row = self._row("sparsify" if step <= self.ramp else "settle", step, loss, acc)
         self.out.history.append(row)
         self.emit("log", row)
-        self.ctl.update(step / self.ramp, row["sparsity_rel"])
+        self.ctl.update(step / self.ramp, row["sparsity_ctl"])
         self.ctl.lam = dist.broadcast_float(self.ctl.lam, self.device)
 
     def _log_finetune(self, step: int, loss: float, acc: float) -> None:
@@ -266,6 +273,7 @@ class _DwfRun:
         weights = collapsed_weights(self.model)
         self.out.sparsity_eps = fraction_below(weights, sc.eps)
         self.out.sparsity_relative = fraction_below(weights, self.rel)
+        self.out.sparsity_controlled = fraction_below(weights, self.controlled)
         self.out.lam, self.out.lam_max = self.ctl.lam, self.ctl.history_max
         self.out.accuracy["before_cut"] = evaluate(
             self.model, self.eval_loader, self.device, self.precision
@@ -273,6 +281,7 @@ class _DwfRun:
         masks = global_magnitude_masks(weights, sc.target)
         shared = dist.broadcast_tensors({n: m.to(torch.uint8) for n, m in masks.items()})
         self.masks = {n: m.bool() for n, m in shared.items()}
+        self.out.largest_cut = largest_cut(weights, self.masks, self.rms)
         set_masks(self.model, self.masks)
         self.out.accuracy["after_cut"] = evaluate(
             self.model, self.eval_loader, self.device, self.precision

@@ -78,6 +78,7 @@ class _Run:
     recipe: Any = None
     eval_set: Dataset | None = None
     batch: torch.Tensor | None = None
+    onnx_out: np.ndarray | None = None
 
     def onnx_info(self) -> dict[str, Any]:
         info = self.report.get("onnx")
@@ -281,7 +282,9 @@ def _check_sparsity(run: _Run) -> str:
             if key in recorded and not _same(value, recorded[key]):
                 problems.append(f"sparsity {key} is {value}, {source} says {recorded[key]}")
     sparse_keys = _json_meta(run.meta, SPARSE_KEYS_KEY)
-    if sparse_keys is not None and set(sparse_keys) != {r.get("name") for r in layers}:
+    if sparse_keys is not None and set(sparse_keys) != {
+        r.get("name") for r in layers if isinstance(r, dict)
+    }:
         problems.append("the layers stored sparse are not the layers the report lists")
     if problems:
         raise _Fail(_listing(problems))
@@ -298,11 +301,11 @@ def _check_model(run: _Run) -> str:
     from dwfc.config import load_recipe
     from dwfc.models import build_model
 
-    if run.state is None:
-        raise _Skip("model.safetensors did not load")
     if not (run.out / "recipe.yaml").is_file():
         raise _Fail("recipe.yaml is missing")
     run.recipe = load_recipe(str(run.out / "recipe.yaml"))
+    if run.state is None:
+        raise _Skip("model.safetensors did not load")
     arch = run.recipe.model.arch
     if arch is None:
         raise _Skip("the run compressed a whole pickled module: no architecture to rebuild")
@@ -378,6 +381,7 @@ def _check_onnx(run: _Run) -> str:
     if not run.expects("model.onnx"):
         raise _Skip("the run wrote no ONNX model (export.onnx was off)")
     got, batch = _ort_outputs(run.out / "model.onnx", run)
+    run.onnx_out = got
     if run.model is None:
         return (
             f"passes onnx.checker, runs in onnxruntime ({len(batch)} inputs); no model to compare"
@@ -395,7 +399,9 @@ def _check_sparse_onnx(run: _Run) -> str:
     if not run.expects(SPARSE_ONNX_FILE):
         raise _Skip(f"no {SPARSE_ONNX_FILE} (it is written only when smaller)")
     got, _ = _ort_outputs(run.out / SPARSE_ONNX_FILE, run)
-    dense, _ = _ort_outputs(run.out / "model.onnx", run)
+    dense = (
+        run.onnx_out if run.onnx_out is not None else _ort_outputs(run.out / "model.onnx", run)[0]
+    )
     diff = _max_diff(got, dense, f"{SPARSE_ONNX_FILE} vs model.onnx")
     if not diff <= _SPARSE_VS_DENSE_ONNX:
         raise _Fail(f"{SPARSE_ONNX_FILE} differs from model.onnx by {diff:.3g}")

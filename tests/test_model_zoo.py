@@ -64,8 +64,12 @@ def _vgg11_bn() -> nn.Module:
     model = models.vgg11_bn(weights=None, num_classes=10)
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     model.classifier = nn.Sequential(
-        nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(512, 512),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(512, 512),
+        nn.ReLU(True),
+        nn.Dropout(),
         nn.Linear(512, 10),
     )
     return model
@@ -73,7 +77,12 @@ def _vgg11_bn() -> nn.Module:
 
 def _vit() -> nn.Module:
     model = models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
         num_classes=10,
     )
     # torchvision zero-initialises the head, so the output would be 0 whatever the encoder

@@ -81,7 +81,11 @@ def test_rnn_and_lstm_projection_weights():
     model = nn.Sequential(nn.RNN(3, 4), nn.LSTM(4, 6, proj_size=2))
     planned = plan(model, FactorizeConfig(layer_types=["RNN", "LSTM"]))
     assert _names(planned) == [
-        "0.weight_ih_l0", "0.weight_hh_l0", "1.weight_ih_l0", "1.weight_hh_l0", "1.weight_hr_l0"
+        "0.weight_ih_l0",
+        "0.weight_hh_l0",
+        "1.weight_ih_l0",
+        "1.weight_hh_l0",
+        "1.weight_hr_l0",
     ]
     assert [pw.module_type for pw in planned] == ["RNN", "RNN", "LSTM", "LSTM", "LSTM"]
 
@@ -116,6 +120,8 @@ def test_tied_weights_are_planned_once_and_stay_tied():
         fw.factors[0].mul_(0.5)
     assert torch.equal(model.head.weight, model.emb.weight)  # both read the same product
 
+    with pytest.raises(InputError, match="collapse_ the model first"):
+        retie_(model)
     dwfc.collapse_(model)
     retie_(model)
     assert model.head.weight is model.emb.weight
@@ -127,18 +133,27 @@ def test_include_exclude_globs_regex_and_types():
     model = Mixed()
     cfg = FactorizeConfig(include=["lstm.*", "re:^gru\\..*_l1$"], exclude=["*_reverse"])
     assert _names(plan(model, cfg)) == [
-        "lstm.weight_ih_l0", "lstm.weight_hh_l0", "gru.weight_ih_l1", "gru.weight_hh_l1"
+        "lstm.weight_ih_l0",
+        "lstm.weight_hh_l0",
+        "gru.weight_ih_l1",
+        "gru.weight_hh_l1",
     ]
     # re: uses re.search, so an unanchored regex matches anywhere in the name.
     assert _names(plan(model, FactorizeConfig(include=["re:proj"]))) == [
-        "attn.in_proj_weight", "attn.out_proj.weight"
+        "attn.in_proj_weight",
+        "attn.out_proj.weight",
     ]
     no_rnn = plan(model, FactorizeConfig(exclude=["type:LSTM", "type:GRU", "type:Embedding"]))
     assert _names(no_rnn) == [
-        "conv.weight", "deconv.weight", "attn.in_proj_weight", "attn.out_proj.weight", "fc.weight"
+        "conv.weight",
+        "deconv.weight",
+        "attn.in_proj_weight",
+        "attn.out_proj.weight",
+        "fc.weight",
     ]
     assert _names(plan(model, FactorizeConfig(include=["type:Linear"]))) == [
-        "attn.out_proj.weight", "fc.weight"
+        "attn.out_proj.weight",
+        "fc.weight",
     ]
 
 
@@ -200,7 +215,11 @@ def test_format_plan_and_summary():
     assert f"{factorized:,} weights of {total:,} parameters" in table
     assert "24x8" in table and "bias" not in table and "norm" not in table
     assert json.loads(json.dumps(summary))["weights"][-1] == {
-        "name": "fc.weight", "type": "Linear", "shape": [3, 5], "numel": 15, "depth": 4,
+        "name": "fc.weight",
+        "type": "Linear",
+        "shape": [3, 5],
+        "numel": 15,
+        "depth": 4,
         "aliases": [],
     }
 
