@@ -1,0 +1,1 @@
+"""Benchmarks of dwfc: accuracy against sparsity (DWF vs the baselines) and training overhead."""
