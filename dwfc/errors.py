@@ -13,6 +13,12 @@ class InputError(DwfcError):
     exit_code = 2
 
 
+class OutputError(DwfcError):
+    """The outputs could not be written (disk full, permissions, ...)."""
+
+    exit_code = 2
+
+
 class QualityGateFailed(DwfcError):
     """The run finished and wrote its report, but a quality gate failed."""
 

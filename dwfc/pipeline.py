@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from .batchnorm import has_batchnorm, recalibrate_batchnorm_
 from .checkpoint import CHECKPOINT_NAME, StopRequest, load_checkpoint
 from .config import Recipe, recipe_to_yaml
 from .data import load_data_config, num_classes
-from .errors import ExportCheckError, InputError, QualityGateFailed
+from .errors import ExportCheckError, InputError, OutputError, QualityGateFailed
 from .export import (
     SPARSE_ONNX_NOTE,
     export_onnx,
@@ -123,6 +125,15 @@ def _export(
         }  # fmt: skip
         result["onnx_accuracy"] = onnx_accuracy(onnx_path, eval_loader)
     return result
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """A failed write (disk full, permissions) is one line naming --out, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write the outputs to {out}: {exc.strerror or exc}") from None
 
 
 def _resume_payload(out: Path, recipe: Recipe) -> dict[str, Any]:
@@ -235,7 +246,9 @@ def compress(
         export_started = time.perf_counter()
         staging = make_staging(out)
         aliases = [alias for p in planned for alias in p.aliases]
-        exported = _export(model, staging, names + aliases, example, eval_loader, recipe, summary)
+        with _writing(out):
+            exported = _export(model, staging, names + aliases, example, eval_loader, recipe,
+                               summary)  # fmt: skip
         timing["export_s"] = time.perf_counter() - export_started
         timing["total_s"] = time.perf_counter() - started
         report = {
@@ -268,9 +281,10 @@ def compress(
         }  # fmt: skip
         report["gates"] = gate_results(recipe, report)
         report["warnings"] = warnings_for(report)
-        write_text_atomic(staging / "recipe.yaml", recipe_to_yaml(recipe))
-        write_report(staging, report)
-        publish(staging, out)
+        with _writing(out):
+            write_text_atomic(staging / "recipe.yaml", recipe_to_yaml(recipe))
+            write_report(staging, report)
+            publish(staging, out)
         failed = [g for g in report["gates"] if not g["passed"]]
         if failed:
             raise QualityGateFailed(

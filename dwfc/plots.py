@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from dwfc.report import _get, _num, _sci
+from dwfc.report_format import get, num, sci
 
 __all__ = ["epochs", "layer_sparsity_figure", "png", "training_figure"]
 
@@ -34,7 +34,7 @@ def layer_sparsity_figure(report: Mapping[str, Any]) -> Figure:
     fig = Figure(figsize=(8.0, max(2.8, 0.26 * n + 1.7)), layout="constrained")
     ax = fig.add_subplot()
     names = [str(lay.get("name", f"layer {i}")) for i, lay in enumerate(layers)]
-    values = [100 * (_num(lay.get("sparsity")) or 0.0) for lay in layers]
+    values = [100 * (num(lay.get("sparsity")) or 0.0) for lay in layers]
     colors = ["tab:blue" if lay.get("factorized") else "tab:gray" for lay in layers]
     ys = list(range(n))
     ax.barh(ys, values, color=colors, height=0.7)
@@ -50,7 +50,7 @@ def layer_sparsity_figure(report: Mapping[str, Any]) -> Figure:
     handles: list[Any] = [Patch(color="tab:blue", label="factorized")]
     if "tab:gray" in colors:
         handles.append(Patch(color="tab:gray", label="not factorized"))
-    target = _num(_get(report, "sparsity", "target"))
+    target = num(get(report, "sparsity", "target"))
     if target is not None:
         handles.append(ax.axvline(100 * target, label=f"target {100 * target:.1f} %",
                                   **_TARGET_LINE))
@@ -67,7 +67,7 @@ def epochs(history: Sequence[Mapping[str, Any]]) -> list[float]:
     xs: list[float] = []
     offset, raw = 0.0, 0.0
     for row in history:
-        e = _num(row.get("epoch"))
+        e = num(row.get("epoch"))
         raw = raw if e is None else e  # a row without an epoch stays where the last one was
         if xs and raw + offset < xs[-1]:  # epochs restarted: continue after the last row
             offset = xs[-1]
@@ -79,7 +79,7 @@ def _series(history: Sequence[Mapping[str, Any]], xs: Sequence[float], key: str,
             scale: float = 1.0) -> tuple[list[float], list[float]]:
     """(x, scale * row[key]) for the rows where row[key] is a finite number."""
     pts = [(x, scale * v) for x, row in zip(xs, history, strict=True)
-           if (v := _num(row.get(key))) is not None]
+           if (v := num(row.get(key))) is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -101,7 +101,7 @@ def _accuracy_panel(ax: Axes, report: Mapping[str, Any], history: Sequence[Mappi
     ex, ey = _series(history, xs, "eval_acc", 100.0)
     if ex:
         ax.plot(ex, ey, "o-", color="tab:blue", markersize=3.5, label="eval accuracy")
-    orig = _num(_get(report, "accuracy", "original"))
+    orig = num(get(report, "accuracy", "original"))
     if orig is not None:
         ax.axhline(100 * orig, color="tab:green", linestyle="--", linewidth=1.2,
                    label=f"original {100 * orig:.2f} %")
@@ -113,10 +113,10 @@ def _accuracy_panel(ax: Axes, report: Mapping[str, Any], history: Sequence[Mappi
 
 def _sparsity_curves(report: Mapping[str, Any]) -> list[tuple[str, str, str, float]]:
     """(history key, legend label, colour, line width) of each sparsity curve."""
-    eps = _sci(_get(report, "sparsity", "eps"))
-    rel = _sci(_get(report, "sparsity", "relative_threshold"))
-    ctl = _get(report, "sparsity", "control_threshold")
-    ctl_s = "0.1" if _num(ctl) is None else _sci(ctl)  # dwfc's default when a report lacks it
+    eps = sci(get(report, "sparsity", "eps"))
+    rel = sci(get(report, "sparsity", "relative_threshold"))
+    ctl = get(report, "sparsity", "control_threshold")
+    ctl_s = "0.1" if num(ctl) is None else sci(ctl)  # dwfc's default when a report lacks it
     return [("sparsity_eps", f"|w| < eps ({eps})", "tab:orange", 1.5),
             ("sparsity_rel", f"|w| < {rel} x RMS (relative)", "tab:purple", 1.5),
             ("sparsity_ctl", f"|w| < {ctl_s} x RMS (controlled)", "tab:cyan", 2.2)]
@@ -129,7 +129,7 @@ def _sparsity_panel(ax: Axes, report: Mapping[str, Any], history: Sequence[Mappi
         sx, sy = _series(history, xs, key, 100.0)
         if sx:
             ax.plot(sx, sy, "-", color=color, linewidth=width, label=label)
-    target = _num(_get(report, "sparsity", "target"))
+    target = num(get(report, "sparsity", "target"))
     if target is not None:
         ax.axhline(100 * target, label=f"target {100 * target:.1f} %", **_TARGET_LINE)
     ax.set_ylim(-3, 103)

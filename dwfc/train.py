@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from . import distributed as dist
 from .checkpoint import StopRequest, rng_state, save_checkpoint, set_rng_state
 from .config import Recipe
-from .errors import Interrupted, TrainingDiverged
+from .errors import Interrupted, OutputError, TrainingDiverged
 from .factorize import factorized_weights, set_masks
 from .loop import (
     FP32,
@@ -210,7 +210,13 @@ class _DwfRun:
 
     def _save(self, payload: dict[str, Any]) -> None:
         if self.checkpoint is not None and dist.is_main():
-            save_checkpoint(self.checkpoint, payload)
+            try:
+                save_checkpoint(self.checkpoint, payload)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write checkpoint {self.checkpoint}: {exc.strerror or exc} "
+                    "(train.checkpoint=false turns checkpoints off)"
+                ) from None
 
     # -- phases ----------------------------------------------------------------------------
     def _epoch(self, resume: dict[str, Any] | None) -> None:
@@ -237,10 +243,11 @@ class _DwfRun:
                 )  # fmt: skip
             except TrainingDiverged as exc:
                 if self.out.retries >= self.recipe.train.max_retries:
+                    kept = self.checkpoint is not None and self.checkpoint.exists()
                     raise TrainingDiverged(
-                        f"{exc} after {self.out.retries} restarts with smaller learning rates; "
-                        "lower train.lr or sparsity.lambda_max"
-                        + ("; the last good checkpoint is kept" if self.checkpoint else "")
+                        f"training diverged: {exc}, and {self.out.retries} restarts with halved "
+                        "learning rates did not help; lower train.lr or sparsity.lambda_max"
+                        + (f"; the last good checkpoint is kept in {self.checkpoint}" if kept else "")
                     ) from None
                 retries, factor = self.out.retries + 1, self.out.lr_factor * 0.5
                 self.restore(good)

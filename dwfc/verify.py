@@ -85,11 +85,10 @@ class _Run:
         return info if isinstance(info, dict) else {}
 
     def expects(self, name: str) -> bool:
-        """Whether the run should have written ONNX file `name`."""
-        recorded = self.onnx_info()
-        if name == SPARSE_ONNX_FILE:
-            recorded = recorded.get("sparse")
-        return isinstance(recorded, dict) and bool(recorded) or (self.out / name).exists()
+        """Whether the run says it wrote ONNX file `name`, or the file is there anyway."""
+        info = self.onnx_info()
+        recorded = info.get("sparse_variant") == name if name == SPARSE_ONNX_FILE else bool(info)
+        return recorded or (self.out / name).exists()
 
 
 def verify_run(

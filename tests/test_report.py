@@ -11,10 +11,14 @@ from typing import Any
 import matplotlib.image as mpimg
 import pytest
 
-from dwfc.report import _epochs, _layer_sparsity_figure, write_report
+from dwfc.plots import epochs, layer_sparsity_figure, training_figure
+from dwfc.report import render_markdown, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = {"report.json", "layer_sparsity.png", "training.png", "report.md"}
+SPARSE_NOTE = ("onnxruntime expands sparse initializers to dense tensors when it loads the model: "
+               "the file is smaller, but memory use and speed are those of the dense model.onnx")
+HASHED = ["net.1.weight", "net.1.bias", "net.3.weight", "net.3.bias", "net.5.weight", "net.5.bias"]
 
 
 def _history() -> list[dict[str, Any]]:
@@ -27,7 +31,8 @@ def _history() -> list[dict[str, Any]]:
             "train_acc": 0.9 + 0.003 * i,
             "eval_acc": 0.95 + 0.0005 * i if i % 2 else None,
             "sparsity_eps": min(0.93, 0.1 * i), "sparsity_rel": min(0.951, 0.11 * i),
-            "lambda": 1e-5 * 1.4**i if phase == "sparsify" else 1.5e-4,
+            "sparsity_ctl": min(0.96, 0.12 * i) if phase != "finetune" else None,
+            "lambda": {"sparsify": 1e-5 * 1.4**i, "settle": 1.5e-4}.get(phase),
             "lr": 0.05, "misalignment": 0.0,
         })
     return rows
@@ -46,27 +51,34 @@ def _report() -> dict[str, Any]:
     ]
     return {
         "dwfc_version": "0.1.0", "created": "2026-11-26T12:00:00Z",
-        "model": {"source": "model.pt", "arch": "dwfc.zoo:lenet_300_100", "parameters": 266610},
+        "model": {"source": "model.pt", "arch": "dwfc.zoo:lenet_300_100", "parameters": 266610,
+                  "notes": []},
         "data": {"source": "mnist5k", "train_samples": 4000, "eval_samples": 1000},
-        "device": "cpu",
-        "method": {"depth": 3, "init": "balanced", "weight_decay": 1e-4, "lambda": 1.5e-4,
-                   "lambda_history_max": 3e-4, "lr": 0.05, "optimizer": "sgd",
-                   "schedule": "cosine"},
+        "input_shape": [1, 28, 28], "input_dtype": "float32", "device": "cpu",
+        "precision": "fp32", "world_size": 1, "resumed": False,
+        "method": {"name": "dwf", "depth": 3, "init": "balanced", "weight_decay": 1e-4,
+                   "lambda": 1.5e-4, "lambda_history_max": 3e-4, "lr": 0.05, "optimizer": "sgd",
+                   "schedule": "cosine", "divergence_restarts": 0},
         "sparsity": {"target": 0.95, "achieved": 0.95, "reached_by_training_eps": 0.93,
-                     "reached_by_training_relative": 0.951, "eps": 1.19e-07,
-                     "relative_threshold": 0.01, "factorized_weights": 266200,
+                     "reached_by_training_relative": 0.951, "reached_by_training_controlled": 0.964,
+                     "largest_cut_relative": 0.1198, "eps": 1.19e-07,
+                     "relative_threshold": 0.01, "control_threshold": 0.1,
+                     "factorized_weights": 266200,
                      "nonzero_weights": 13310, "compression_ratio": 20.0,
                      "total_parameters": 266610, "unfactorized_parameters": 410},
         "layers": layers,
         "accuracy": {"original": 0.962, "before_cut": 0.958, "after_cut": 0.957,
                      "after_finetune": 0.960, "compressed_pytorch": 0.960,
                      "compressed_onnxruntime": 0.960},
-        "onnx": {"max_abs_diff": 2e-6, "tolerance": 1e-4, "checker": "passed", "opset": 17},
+        "onnx": {"max_abs_diff": 2e-6, "tolerance": 1e-4, "checker": "passed", "opset": 17,
+                 "sparse_variant": "model.sparse.onnx", "sparse_variant_note": SPARSE_NOTE},
         "files": {"dense_fp32_bytes": 1066440, "model.safetensors": 120000,
-                  "model.onnx": 1070000},
+                  "model.onnx": 1070000, "model.sparse.onnx": 160000},
+        "hashes": {name: "sha256:" + f"{i:064x}" for i, name in enumerate(HASHED)},
         "timing": {"total_s": 41.2, "load_s": 0.5, "train_s": 35.0, "finetune_s": 3.0,
                    "export_s": 2.7},
         "history": _history(),
+        "gates": [], "warnings": [],
         "recipe": {"name": "lenet-mnist", "dwf": {"depth": 3, "init": "balanced"},
                    "sparsity": {"target": 0.95},
                    "train": {"epochs": 10, "lr": 0.05, "optimizer": "sgd"}},
@@ -149,13 +161,13 @@ def test_pngs_are_valid(written: tuple[Path, list[Path]]) -> None:
 
 
 def test_many_layers_scale_height(report: dict[str, Any]) -> None:
-    small = _layer_sparsity_figure(report).get_size_inches()[1]
+    small = layer_sparsity_figure(report).get_size_inches()[1]
     report["layers"] = [
         {"name": f"features.{i}.conv.weight", "shape": [64, 64, 3, 3], "weights": 36864,
          "nonzero": 1000 + i, "sparsity": 0.5 + i / 130, "factorized": i % 7 != 0}
         for i in range(60)
     ]
-    fig = _layer_sparsity_figure(report)
+    fig = layer_sparsity_figure(report)
     assert fig.get_size_inches()[1] > 4 * small
     assert len(fig.axes[0].get_yticklabels()) == 60
 
@@ -202,4 +214,4 @@ def test_epochs_continue_when_a_phase_restarts_at_zero() -> None:
     history = [{"phase": "sparsify", "epoch": 1.0}, {"phase": "sparsify", "epoch": 2.0},
                {"phase": "finetune", "epoch": 0.5}, {"phase": "finetune", "epoch": 1.0},
                {"phase": "finetune", "epoch": None}]
-    assert _epochs(history) == [1.0, 2.0, 2.5, 3.0, 3.0]
+    assert epochs(history) == [1.0, 2.0, 2.5, 3.0, 3.0]

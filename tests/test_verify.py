@@ -13,39 +13,10 @@ import pytest
 import dwfc
 from dwfc.config import load_recipe
 from dwfc.errors import InputError
-from dwfc.export import (
-    SPARSE_ONNX_FILE,
-    SPARSE_ONNX_NOTE,
-    export_sparse_onnx,
-    load_sparse,
-    read_metadata,
-    save_sparse,
-    tensor_digests,
-)
+from dwfc.export import SPARSE_ONNX_FILE, load_sparse, read_metadata, save_sparse, tensor_digests
 from dwfc.verify import VerificationError, format_verification, raise_for_failures, verify_run
 
 ARCH = "dwfc.zoo:lenet_300_100"
-
-
-def _record_like_the_pipeline_will(out: Path) -> None:
-    """TODO(pipeline): remove once dwfc.compress records these itself (see dwfc/verify.py).
-
-    Adds what a run of this version is meant to record: report["hashes"] (tensor_digests of
-    the collapsed state dict), report["input_shape"], and the sparse ONNX variant with
-    report["onnx"]["sparse"] and its size in report["files"].
-    """
-    report = json.loads((out / "report.json").read_text())
-    report["hashes"] = tensor_digests(load_sparse(out / "model.safetensors"))
-    report["input_shape"] = [1, 28, 28]
-    if export_sparse_onnx(out / "model.onnx", out / SPARSE_ONNX_FILE):
-        size = (out / SPARSE_ONNX_FILE).stat().st_size
-        report["onnx"]["sparse"] = {
-            "file": SPARSE_ONNX_FILE,
-            "bytes": size,
-            "note": SPARSE_ONNX_NOTE,
-        }
-        report["files"][SPARSE_ONNX_FILE] = size
-    (out / "report.json").write_text(json.dumps(report, indent=2))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +29,6 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, state_dict_path: Path
          "sparsity.target=0.9", "train.device=cpu"],
     )  # fmt: skip
     dwfc.compress(state_dict_path, out, recipe)
-    _record_like_the_pipeline_will(out)
     return out
 
 
