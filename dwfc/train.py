@@ -247,7 +247,7 @@ class _DwfRun:
                     raise TrainingDiverged(
                         f"training diverged: {exc}, and {self.out.retries} restarts with halved "
                         "learning rates did not help; lower train.lr or sparsity.lambda_max"
-                        + (f"; the last good checkpoint is kept in {self.checkpoint}" if kept else "")
+                        + (f"; the last good checkpoint stays in {self.checkpoint}" if kept else "")
                     ) from None
                 retries, factor = self.out.retries + 1, self.out.lr_factor * 0.5
                 self.restore(good)

@@ -215,3 +215,180 @@ def test_epochs_continue_when_a_phase_restarts_at_zero() -> None:
                {"phase": "finetune", "epoch": 0.5}, {"phase": "finetune", "epoch": 1.0},
                {"phase": "finetune", "epoch": None}]
     assert epochs(history) == [1.0, 2.0, 2.5, 3.0, 3.0]
+
+
+# --------------------------------------------------------------------------- newer report fields
+
+
+def _md(report: dict[str, Any]) -> str:
+    return render_markdown(report)
+
+
+def _part(md: str, heading: str) -> str:
+    """The text of one `## heading` section ("" when the report has none)."""
+    marker = f"## {heading}\n"
+    if marker not in md:
+        return ""
+    return md.split(marker, 1)[1].split("\n## ", 1)[0]
+
+
+def _row(md: str, label: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(f"| {label}"))
+
+
+def test_controlled_sparsity_and_largest_cut(report: dict[str, Any]) -> None:
+    md = _md(report)
+    summary = md.split("\n\n")[1]
+    assert ("Training alone brought 96.40 % of the weights under 0.1x their layer's RMS; "
+            "the cut removed none larger than 0.12x.") in summary
+    sparsity = _part(md, "Sparsity")
+    assert "| Reached by training at \\|w\\| < 0.1x layer RMS (controlled) | 96.40 % |" in sparsity
+    assert "| Largest \\|w\\| removed by the cut | 0.12x layer RMS |" in sparsity
+
+
+def test_largest_cut_zero_and_controlled_absent(report: dict[str, Any]) -> None:
+    report["sparsity"]["largest_cut_relative"] = 0.0
+    assert "the cut removed only weights that were already zero" in _md(report)
+    for key in ("reached_by_training_controlled", "largest_cut_relative", "control_threshold"):
+        del report["sparsity"][key]
+    md = _md(report)
+    assert "Training alone" not in md and "the cut removed" not in md
+    assert _row(md, "Reached by training at \\|w\\| < —x layer RMS (controlled)").endswith("| — |")
+    assert _row(md, "Largest \\|w\\| removed by the cut").endswith("| — |")
+
+
+def test_batchnorm_rows_only_when_recorded(report: dict[str, Any]) -> None:
+    assert "BatchNorm" not in _md(report)
+    report["accuracy"].update(before_bn_recalibration=0.52, after_bn_recalibration=0.955)
+    acc = _part(_md(report), "Accuracy")
+    lines = acc.splitlines()
+    before = lines.index("| Before BatchNorm recalibration | 52.00 % | -44.20 pp |")
+    after = lines.index("| After BatchNorm recalibration | 95.50 % | -0.70 pp |")
+    finetune = next(i for i, line in enumerate(lines) if "After masked fine-tune" in line)
+    compressed = next(i for i, line in enumerate(lines) if "Compressed (PyTorch)" in line)
+    assert finetune < before < after < compressed
+
+
+def test_method_name_dwf(report: dict[str, Any]) -> None:
+    md = _md(report)
+    assert md.splitlines()[0] == "# dwfc compression report: model.pt (DWF, D = 3)"
+    assert "Deep Weight Factorization (`dwf`) at depth D = 3" in md
+    method = _part(md, "Method")
+    assert "| Method | `dwf` (Deep Weight Factorization) |" in method
+    assert "| Divergence restarts | 0 |" in method and "restarted" not in md
+    assert "L<sub>2/D</sub>" in method
+    del report["method"]["name"]  # reports from before the baselines were all DWF
+    assert "(DWF, D = 3)" in _md(report)
+
+
+def test_method_name_baseline(report: dict[str, Any]) -> None:
+    report["method"].update(name="gmp", weight_decay=None, lambda_history_max=None,
+                            divergence_restarts=2)
+    md = _md(report)
+    assert md.splitlines()[0] == "# dwfc compression report: model.pt (gmp baseline)"
+    assert "the gradual magnitude pruning baseline (`gmp`)" in md
+    assert "Deep Weight Factorization" not in md.split("## Method")[0]
+    assert "restarted 2 time(s)" in md
+    method = _part(md, "Method")
+    assert "| Method | `gmp` (gradual magnitude pruning) |" in method
+    assert "| Final lambda | 1.5e-4 |" in method  # DWF rows still shown where recorded
+    assert "| Depth D | 3 |" in method
+    assert "weight decay" not in method and "Max lambda" not in method
+    assert "L<sub>2/D</sub>" not in method and "baseline" in method
+
+
+def test_warnings_near_the_top(report: dict[str, Any]) -> None:
+    assert "## Warnings" not in _md(report)
+    report["warnings"] = ["the exact cut cost 4.9 points: train longer",
+                          "layer collapse: every weight of fc3 was pruned"]
+    md = _md(report)
+    assert md.index("## Warnings") < md.index("## Accuracy")
+    warnings = _part(md, "Warnings")
+    assert warnings.startswith("> [!WARNING]\n")
+    assert "> - The exact cut cost 4.9 points: train longer." in warnings
+    assert "> - Layer collapse: every weight of fc3 was pruned." in warnings
+
+
+def test_quality_gates(report: dict[str, Any]) -> None:
+    assert "## Quality gates" not in _md(report)
+    report["gates"] = [
+        {"gate": "max_accuracy_drop", "threshold": 0.5, "value": 1.234, "passed": False},
+        {"gate": "min_sparsity", "threshold": 0.9, "value": 0.95, "passed": True},
+    ]
+    md = _md(report)
+    gates = _part(md, "Quality gates")
+    assert "| `max_accuracy_drop` | at most 0.50 pp | 1.23 pp | **FAIL** |" in gates
+    assert "| `min_sparsity` | at least 90.00 % | 95.00 % | PASS |" in gates
+    assert "exit with code 3" in gates
+    assert "**Quality gate failed: max_accuracy_drop**" in md.split("\n\n")[1]
+    assert md.index("## Quality gates") < md.index("## Accuracy")
+    report["gates"] = report["gates"][1:]
+    assert "All 1 quality gate(s) passed." in _md(report)
+
+
+def test_notes(report: dict[str, Any]) -> None:
+    assert "## Notes" not in _md(report)
+    report["model"]["notes"] = ["torchvision:vgg11 built with weights=None: every weight comes "
+                                "from model.pt", "  "]
+    notes = _part(_md(report), "Notes")
+    assert "- Torchvision:vgg11 built with weights=None: every weight comes from model.pt." in notes
+    assert notes.count("\n- ") == 1  # the blank note is dropped
+
+
+def test_run_table(report: dict[str, Any]) -> None:
+    run = _part(_md(report), "Run")
+    for row in ("| Device | cpu |", "| Precision | fp32 |", "| Processes (world size) | 1 |",
+                "| Resumed from a checkpoint | no |",
+                "| Input shape (one sample) | 1×28×28 (float32) |",
+                "| Data | `mnist5k` (4,000 train / 1,000 eval) |"):
+        assert row in run
+    for key in ("device", "precision", "world_size", "resumed", "input_shape", "input_dtype"):
+        del report[key]
+    run = _part(_md(report), "Run")
+    assert "| Device | — |" in run and "| Resumed from a checkpoint | — |" in run
+    assert "| Input shape (one sample) | — |" in run
+
+
+def test_sparse_onnx_variant(report: dict[str, Any]) -> None:
+    md = _md(report)
+    onnx, files = _part(md, "ONNX check"), _part(md, "Files")
+    assert "| Sparse variant | `model.sparse.onnx` |" in onnx
+    assert f"`model.sparse.onnx`: {SPARSE_NOTE}." in onnx
+    assert "| `model.sparse.onnx` | 160,000 | 156.25 KiB | 0.150 (6.7x smaller) |" in files
+    assert "smaller on disk only" in files
+    report["onnx"].update(sparse_variant=None, sparse_variant_note=None)  # not smaller: not written
+    del report["files"]["model.sparse.onnx"]
+    md = _md(report)
+    onnx, files = _part(md, "ONNX check"), _part(md, "Files")
+    assert "| Sparse variant | not written |" in onnx and "expands" not in onnx
+    assert "model.sparse.onnx" not in files
+    del report["onnx"]["sparse_variant"]  # reports from before the variant existed
+    assert "| Sparse variant | — |" in _part(_md(report), "ONNX check")
+
+
+def test_hashes_one_line(report: dict[str, Any]) -> None:
+    md = _md(report)
+    assert "sha256:" not in md and "0" * 60 not in md
+    line = ("SHA-256 hashes of the 6 exported tensors are in report.json (`hashes`); "
+            "`dwfc verify` checks them.")
+    assert line in _part(md, "Files")
+    del report["hashes"]
+    assert "SHA-256" not in _md(report)
+
+
+def test_training_plot_controlled_sparsity_and_log_lambda(report: dict[str, Any]) -> None:
+    fig = training_figure(report)
+    top, bottom, lam_ax = fig.axes
+    labels = [line.get_label() for line in bottom.get_lines()]
+    assert "|w| < 0.1 x RMS (controlled)" in labels
+    assert "|w| < 0.01 x RMS (relative)" in labels and "|w| < eps (1.19e-7)" in labels
+    ctl = bottom.get_lines()[labels.index("|w| < 0.1 x RMS (controlled)")]
+    assert len(ctl.get_xdata()) == 15  # the 5 fine-tune rows have no controlled sparsity
+    assert lam_ax.get_yscale() == "log"
+    (lam_line,) = lam_ax.get_lines()
+    assert len(lam_line.get_xdata()) == 15  # fine-tune rows: lambda None, skipped
+    assert all(v > 0 for v in lam_line.get_ydata())
+    fig_no_ctl = training_figure({**report, "history": [
+        {k: v for k, v in row.items() if k != "sparsity_ctl"} for row in report["history"]]})
+    labels = [line.get_label() for line in fig_no_ctl.axes[1].get_lines()]
+    assert not any("controlled" in label for label in labels)
