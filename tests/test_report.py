@@ -229,7 +229,7 @@ def _part(md: str, heading: str) -> str:
     marker = f"## {heading}\n"
     if marker not in md:
         return ""
-    return md.split(marker, 1)[1].split("\n## ", 1)[0]
+    return md.split(marker, 1)[1].split("\n## ", 1)[0].strip("\n")
 
 
 def _row(md: str, label: str) -> str:
