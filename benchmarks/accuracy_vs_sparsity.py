@@ -38,7 +38,7 @@ import yaml  # noqa: E402
 
 from benchmarks import bench_report  # noqa: E402
 from benchmarks.bench_data import MODELS, VALIDATION_SOURCE, pretrain, state_hash  # noqa: E402
-from dwfc.config import load_recipe  # noqa: E402
+from dwfc.config import Recipe, apply_override, load_recipe  # noqa: E402
 from dwfc.errors import DwfcError, InputError  # noqa: E402
 
 METHODS = {
@@ -204,10 +204,9 @@ def write_recipe(model: str, method: str, chosen: list[str], budget: list[str], 
                  folder: Path) -> Path:  # fmt: skip
     """recipes/bench-<model>-<method>.yaml with the chosen values and the shared budget."""
     data: dict[str, Any] = {}
-    from dwfc.config import apply_override
-
     for override in [*base_overrides(model, method), "data.source=mnist5k", *budget, *chosen]:
         apply_override(data, override)
+    data = {k: data[k] for k in Recipe.model_fields if k in data}  # the usual section order
     path = recipe_path(model, method, folder)
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     command = f"dwfc compress dense.pt --recipe {shown} sparsity.target=0.95 --out runs/{model}"

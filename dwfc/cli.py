@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .config import Recipe, builtin_recipes, load_recipe
@@ -67,7 +68,7 @@ def _errors(as_json: bool = False) -> Iterator[None]:
     try:
         yield
     except DwfcError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if as_json:
             _print_json({"ok": False, "error": str(exc), "exit_code": exc.exit_code})
         raise typer.Exit(exc.exit_code) from None
@@ -97,7 +98,7 @@ def _summary(report: dict[str, Any], out_dir: Path) -> None:
         f"{sp['largest_cut_relative']:.3g}x"
     )
     for warning in report.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(
         f"accuracy {acc['original']:.2%} -> {acc['compressed_pytorch']:.2%} (PyTorch)"
         + (f", {ort:.2%} (onnxruntime)" if ort is not None else "")
@@ -197,7 +198,7 @@ def _plan(model_path: Path, recipe: Recipe, as_json: bool) -> None:
     if as_json:
         _print_json({"ok": True, **plan_summary(planned, model)})
     else:
-        out.print(format_plan(planned, model), highlight=False)
+        out.print(format_plan(planned, model), highlight=False, markup=False)
 
 
 @app.command()
@@ -205,17 +206,22 @@ def verify(
     out_dir: Annotated[Path, typer.Argument(help="An output folder of dwfc compress.")],
     data: Annotated[str | None, _opt("Re-measure accuracy on this data (e.g. mnist5k).")] = None,
     batch_size: Annotated[int, _opt("Batch size of the ONNX parity check.")] = 256,
+    accuracy_tolerance: Annotated[
+        float, _opt("Allowed accuracy difference (runs recorded on CUDA or in bf16).")
+    ] = 1e-9,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-check a finished run: hashes, sparsity, ONNX parity, accuracy (exit 6 on mismatch)."""
     from .verify import format_verification, raise_for_failures, verify_run
 
     with _errors(as_json):
-        result = verify_run(out_dir, data_source=data, batch_size=batch_size)
+        result = verify_run(
+            out_dir, data_source=data, batch_size=batch_size, accuracy_tolerance=accuracy_tolerance
+        )
         if as_json:
             _print_json(result)
         else:
-            out.print(format_verification(result), highlight=False)
+            out.print(format_verification(result), highlight=False, markup=False)
         raise_for_failures(result)
 
 
@@ -232,7 +238,7 @@ def inspect(
         if as_json:
             _print_json({"ok": True, **info})
         else:
-            out.print(format_inspection(info), highlight=False)
+            out.print(format_inspection(info), highlight=False, markup=False)
 
 
 @app.command("plan")

@@ -124,9 +124,10 @@ def _summary(r: Mapping[str, Any]) -> str:
 
 
 def _item(s: str) -> str:
-    """One list item: a capitalised sentence on one line."""
+    """One list item on one line, a sentence; a plain first word (not a name) capitalised."""
     s = sentence(s.replace("\n", " "))
-    return s[:1].upper() + s[1:]
+    first = s.split(" ", 1)[0].rstrip(":,;.")
+    return s[:1].upper() + s[1:] if first.isalpha() and first.islower() else s
 
 
 def _warnings_section(r: Mapping[str, Any]) -> str:

@@ -7,7 +7,6 @@ torchvision models are built with weights=None (nothing is downloaded).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -119,20 +118,6 @@ CASES = {
 }
 
 
-@contextlib.contextmanager
-def _no_mha_fastpath() -> Iterator[None]:
-    """In eval mode under no_grad, nn.MultiheadAttention / TransformerEncoderLayer take a fused
-    fast path (aten::_native_multi_head_attention, aten::_transformer_encoder_layer_fwd) even
-    while the TorchScript exporter traces, and those ops have no ONNX symbolic. Turning the
-    fast path off exports the plain ops. (dwfc.export.export_onnx should do this itself.)"""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
     """Small batches gain nothing from intra-op threads, and on a busy shared CPU two
@@ -204,6 +189,5 @@ def test_factorize_train_collapse_export(name, tmp_path):
     assert not torch.allclose(trained, expected, rtol=1e-4, atol=1e-5)  # training did act
 
     path = tmp_path / f"{name}.onnx"
-    with _no_mha_fastpath():
-        export_onnx(model, x[:1], path)
+    export_onnx(model, x[:1], path)  # export_onnx turns the fused attention fast path off itself
     assert onnx_max_abs_diff(path, model, x) <= 1e-4

@@ -331,7 +331,7 @@ def test_notes(report: dict[str, Any]) -> None:
     report["model"]["notes"] = ["torchvision:vgg11 built with weights=None: every weight comes "
                                 "from model.pt", "  "]
     notes = _part(_md(report), "Notes")
-    assert "- Torchvision:vgg11 built with weights=None: every weight comes from model.pt." in notes
+    assert "- torchvision:vgg11 built with weights=None: every weight comes from model.pt." in notes
     assert notes.count("\n- ") == 1  # the blank note is dropped
 
 

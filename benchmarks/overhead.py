@@ -1,0 +1,375 @@
+"""Training overhead of DWF: step time and memory against dense, subnormals, file size.
+
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py            # writes docs/overhead.md
+    python benchmarks/overhead.py --device cuda --out docs/overhead-cuda.md
+
+1. Time per optimisation step (SGD + momentum + weight decay, batch 128) of the dense model and
+   the same model factorized with D = 2, 3, 4 through `dwfc.factorize_`, measured side by side
+   in interleaved rounds (median), for LeNet-5 (1x28x28) and ResNet-20 (3x32x32).
+2. Peak training memory as a ratio: on CUDA `torch.cuda.max_memory_allocated` over one step; on
+   CPU an exact account of what a step holds at its peak: parameters, gradients, momentum and
+   the tensors autograd saves for the backward pass (distinct storages, parameters not twice).
+3. Subnormals (CPU): a real DWF run of LeNet-300-100 (D = 3, target 0.95, the default recipe)
+   with `train.flush_denormal` off and on: time per epoch over training, the subnormal factor
+   entries at the end, and step time at that end state with flushing on and off.
+4. File size: `model.safetensors` of compressed models against the information bound (4 bytes
+   per non-zero value and per unpruned parameter, plus one bit per pruned-or-kept weight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import dwfc  # noqa: E402
+from dwfc.zoo import lenet5  # noqa: E402
+
+TINY = torch.finfo(torch.float32).tiny
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                       nn.BatchNorm2d(cout))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class ResNet20(nn.Module):
+    """The CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, 16/32/64 channels."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU())  # fmt: skip
+        blocks, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                blocks.append(_Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "lenet5": (lenet5, (1, 28, 28)), "resnet20": (ResNet20, (3, 32, 32)),
+}  # fmt: skip
+DEPTHS = (None, 2, 3, 4)
+
+
+def _setup(name: str, depth: int | None, device: torch.device) -> tuple[nn.Module, Any]:
+    torch.manual_seed(0)
+    model = MODELS[name][0]()
+    if depth is not None:
+        dwfc.factorize_(model, depth=depth)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return model, opt
+
+
+def _step(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _accounted_bytes(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Parameters + gradients + momentum + distinct tensors saved for backward, in bytes."""
+    _step(model, opt, x, y)  # momentum buffers exist from here on
+    params = list(model.parameters())
+    owned = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in owned:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    opt.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    state = sum(p.numel() * p.element_size() for p in params)
+    momentum = sum(b.numel() * b.element_size() for s in opt.state.values()
+                   for b in s.values() if isinstance(b, torch.Tensor))  # fmt: skip
+    return 2 * state + momentum + sum(saved.values())
+
+
+def _cuda_peak(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> int:
+    _step(model, opt, x, y)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    _step(model, opt, x, y)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def step_overhead(device: torch.device, steps: int, rounds: int) -> list[dict[str, Any]]:
+    """Median step time and peak memory, dense and D = 2, 3, 4, interleaved per round."""
+    rows = []
+    for name, (_, shape) in MODELS.items():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(128, *shape, generator=g).to(device)
+        y = torch.randint(0, 10, (128,), generator=g).to(device)
+        setups = {d: _setup(name, d, device) for d in DEPTHS}
+        memory = {d: (_cuda_peak if device.type == "cuda" else _accounted_bytes)(*setups[d], x, y)
+                  for d in DEPTHS}  # fmt: skip
+        times: dict[int | None, list[float]] = {d: [] for d in DEPTHS}
+        for _ in range(rounds):
+            for d in DEPTHS:
+                model, opt = setups[d]
+                _step(model, opt, x, y)  # warm-up within the round
+                _sync(device)
+                started = time.perf_counter()
+                for _ in range(steps):
+                    _step(model, opt, x, y)
+                _sync(device)
+                times[d].append((time.perf_counter() - started) / steps)
+        dense_t, dense_m = statistics.median(times[None]), memory[None]
+        for d in DEPTHS:
+            t = statistics.median(times[d])
+            rows.append({"model": name, "depth": d, "step_ms": 1000 * t, "time_ratio": t / dense_t,
+                         "memory_mb": memory[d] / 2**20, "memory_ratio": memory[d] / dense_m})
+        print(f"{name}: " + ", ".join(f"D={r['depth'] or 'dense'} {r['step_ms']:.1f} ms "
+                                      f"x{r['time_ratio']:.2f} mem x{r['memory_ratio']:.2f}"
+                                      for r in rows if r["model"] == name), flush=True)
+    return rows
+
+
+def _dense_lenet300(folder: Path) -> Path:
+    from benchmarks.bench_data import pretrain
+
+    return pretrain("lenet300", "test", folder)
+
+
+def subnormals(cache: Path, epochs: int) -> dict[str, Any]:
+    """A real DWF run with flushing off then on: epoch times, subnormals, end-state step times."""
+    from torch.utils.data import DataLoader
+
+    from dwfc.config import load_recipe
+    from dwfc.data import mnist5k
+    from dwfc.train import train_dwf
+    from dwfc.zoo import lenet_300_100
+
+    dense = torch.load(_dense_lenet300(cache), weights_only=True)
+    train, test = mnist5k()
+    out: dict[str, Any] = {"epochs": epochs}
+    for flush in (False, True):
+        recipe = load_recipe("default", [f"train.flush_denormal={str(flush).lower()}",
+                                         f"train.epochs={epochs}", "sparsity.finetune_epochs=0",
+                                         "sparsity.target=0.95", "factorize.depth=3",
+                                         "train.device=cpu"])  # fmt: skip
+        model = lenet_300_100()
+        model.load_state_dict(dense)
+        dwfc.factorize_(model, depth=3)
+        loader = DataLoader(train, batch_size=128, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+        stamps = [time.perf_counter()]
+
+        def stamp(event: str, info: dict[str, Any], stamps: list[float] = stamps) -> None:
+            if event == "eval":
+                stamps.append(time.perf_counter())
+
+        train_dwf(model, loader, DataLoader(test, batch_size=1000), recipe, torch.device("cpu"),
+                  stamp)  # fmt: skip
+        epoch_s = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        factors = [f.detach() for fw in dwfc.factorized_weights(model) for f in fw.factors]
+        sub = sum(int(((f != 0) & (f.abs() < TINY)).sum()) for f in factors)
+        key = "flush_on" if flush else "flush_off"
+        out[key] = {"first_epochs_s": statistics.fmean(epoch_s[:3]),
+                    "last_epochs_s": statistics.fmean(epoch_s[-3:]), "total_s": sum(epoch_s),
+                    "subnormal_factor_entries": sub,
+                    "factor_entries": sum(f.numel() for f in factors)}  # fmt: skip
+        if not flush:  # step times at the end state of the unflushed run, flushing off and on
+            x, y = next(iter(loader))
+            out["end_state_step_ms"] = _flush_times(model, x, y)
+            _make_subnormal(model, 0.95)
+            out["synthetic_step_ms"] = _flush_times(model, x, y)
+            out["matmul_s"] = _matmul_micro()
+        print(f"subnormals {key}: {out[key]}", flush=True)
+    return out
+
+
+def _flush_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Median step time (ms) with subnormal flushing off and on, interleaved, lr 0 (no drift)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(5):
+        for mode in (False, True):
+            torch.set_flush_denormal(mode)
+            started = time.perf_counter()
+            for _ in range(5):
+                _step(model, opt, x, y)
+            times[mode].append((time.perf_counter() - started) / 5)
+    torch.set_flush_denormal(False)
+    return {"off": 1000 * statistics.median(times[False]),
+            "on": 1000 * statistics.median(times[True])}  # fmt: skip
+
+
+def _matmul_micro() -> dict[str, float]:
+    """Seconds for 5 products of a 512x512 subnormal matrix with a normal one, off and on."""
+    a, b = torch.full((512, 512), 1e-39), torch.randn(512, 512, generator=torch.Generator())
+    out = {}
+    for mode in (False, True):
+        torch.set_flush_denormal(mode)
+        started = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        out["on" if mode else "off"] = time.perf_counter() - started
+    torch.set_flush_denormal(False)
+    return out
+
+
+def _make_subnormal(model: nn.Module, fraction: float) -> None:
+    """Worst case: the smallest `fraction` of weights become subnormal (|w| = 1e-39), each of
+    their D factors at 1e-39^(1/D): the state a collapsing weight passes through."""
+    from dwfc.sparsity import collapsed_weights, global_magnitude_masks
+
+    masks = global_magnitude_masks(collapsed_weights(model), fraction)
+    with torch.no_grad():
+        for fw in dwfc.factorized_weights(model):
+            pruned = ~masks[fw.name]
+            size = 1e-39 ** (1.0 / fw.parametrization.depth)
+            for f in fw.factors:
+                f[pruned] = torch.where(f[pruned] < 0, -size, size)
+
+
+def file_sizes(cache: Path) -> list[dict[str, Any]]:
+    """Compress LeNet-300-100 and LeNet-5 (one-shot, 1 epoch: sizes do not depend on training)."""
+    from benchmarks.bench_data import MODELS as ZOO
+    from benchmarks.bench_data import pretrain
+
+    rows = []
+    for model in ("lenet300", "lenet5"):
+        dense = pretrain(model, "test", cache)
+        for sparsity in (0.9, 0.95, 0.99):
+            recipe = dwfc.load_recipe("default", [
+                f"model.arch={ZOO[model]}", "sparsity.method=oneshot",
+                f"sparsity.target={sparsity}", "train.epochs=1", "sparsity.finetune_epochs=0",
+                "export.onnx=false", "train.checkpoint=false", "train.device=cpu"])  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                report = dwfc.compress(dense, Path(tmp) / "out", recipe)
+                path = Path(tmp) / "out" / "model.safetensors"
+                size = path.stat().st_size
+                header = 8 + int.from_bytes(path.read_bytes()[:8], "little")
+            sp = report["sparsity"]
+            bound = 4 * (sp["nonzero_weights"] + sp["unfactorized_parameters"]) + sp[
+                "factorized_weights"] / 8  # fmt: skip
+            rows.append({"model": model, "sparsity": sparsity, "bytes": size, "header": header,
+                         "bound": bound, "dense": 4 * sp["total_parameters"]})  # fmt: skip
+    return rows
+
+
+def render(device: torch.device, steps: list[dict[str, Any]], sub: dict[str, Any] | None,
+           files: list[dict[str, Any]] | None, command: str) -> str:  # fmt: skip
+    dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"CPU, {torch.get_num_threads()} thread(s)")  # fmt: skip
+    memory_how = ("torch.cuda.max_memory_allocated over one step" if device.type == "cuda" else
+                  "parameters + gradients + momentum + tensors saved for backward")  # fmt: skip
+    lines = [f"# Training overhead of DWF ({dev})", "",
+             f"Time per optimisation step (batch 128, SGD + momentum + weight decay; median of "
+             f"interleaved rounds) and peak training memory ({memory_how}), dense against the "
+             "same model factorized by `dwfc.factorize_`. Target: at most 1.25x time at D = 3.",
+             "", "| model | D | step (ms) | time vs dense | memory (MiB) | memory vs dense |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in steps:
+        lines.append(f"| {r['model']} | {r['depth'] or 'dense'} | {r['step_ms']:.1f} | "
+                     f"{r['time_ratio']:.2f}x | {r['memory_mb']:.1f} | {r['memory_ratio']:.2f}x |")
+    if sub is not None:
+        off, on = sub["flush_off"], sub["flush_on"]
+        end = sub["end_state_step_ms"]
+        lines += ["", "## Subnormals on CPU", "",
+                  f"A real DWF run of LeNet-300-100 (D = 3, target 0.95, default recipe, "
+                  f"{sub['epochs']} epochs, no fine-tune), once with `train.flush_denormal=false` "
+                  "and once with true:", "",
+                  "| flush | first 3 epochs (s/epoch) | last 3 epochs (s/epoch) | total (s) | "
+                  "subnormal factor entries at the end |", "| --- | --- | --- | --- | --- |"]
+        for label, r in (("off", off), ("on", on)):
+            lines.append(f"| {label} | {r['first_epochs_s']:.2f} | {r['last_epochs_s']:.2f} | "
+                         f"{r['total_s']:.1f} | {r['subnormal_factor_entries']:,} of "
+                         f"{r['factor_entries']:,} |")
+        syn = sub["synthetic_step_ms"]
+        lines += ["", f"Step time at the end state of the unflushed run: {end['off']:.1f} ms "
+                  f"with flushing off, {end['on']:.1f} ms with it on "
+                  f"({end['off'] / end['on']:.2f}x). Worst case, the same model with its 95% "
+                  f"smallest weights made subnormal (|w| = 1e-39, factors 1e-13): "
+                  f"{syn['off']:.1f} ms off, {syn['on']:.1f} ms on "
+                  f"({syn['off'] / syn['on']:.2f}x). For scale, 5 products of a 512x512 "
+                  f"matrix of subnormals with a normal one: {sub['matmul_s']['off']:.2f} s "
+                  f"off, {sub['matmul_s']['on']:.3f} s on."]  # fmt: skip
+    if files:
+        lines += ["", "## Sparse file size against the information bound", "",
+                  "Bound: 4 bytes per non-zero pruned-set weight and per unpruned parameter "
+                  "(biases), plus one bit per pruned-set weight (the mask). The file also holds "
+                  "a JSON header (with the recipe as metadata) and per-row offsets.", "",
+                  "| model | sparsity | file (bytes) | header | bound | file / bound "
+                  "| dense fp32 |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in files:
+            lines.append(f"| {r['model']} | {r['sparsity']} | {r['bytes']:,} | {r['header']:,} | "
+                         f"{r['bound']:,.0f} | {r['bytes'] / r['bound']:.2f}x | {r['dense']:,} |")
+    lines += ["", "Reproduce:", "", "```", command, "```", "",
+              f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+              f"torch {torch.__version__}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--subnormal-epochs", type=int, default=30)
+    p.add_argument("--skip", nargs="*", default=[], choices=["subnormals", "files"])
+    p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "overhead.md")
+    args = p.parse_args(argv)
+    command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device)
+    steps = step_overhead(device, args.steps, args.rounds)
+    cpu = device.type == "cpu"
+    sub = subnormals(args.cache, args.subnormal_epochs) if cpu and "subnormals" not in args.skip \
+        else None  # fmt: skip
+    files = file_sizes(args.cache) if cpu and "files" not in args.skip else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(device, steps, sub, files, command))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

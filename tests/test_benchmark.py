@@ -1,0 +1,71 @@
+"""The accuracy-vs-sparsity benchmark end to end on a tiny setting, and its pieces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import accuracy_vs_sparsity as bench  # noqa: E402
+from benchmarks.bench_data import mnist5k_validation  # noqa: E402
+from dwfc.config import load_recipe  # noqa: E402
+from dwfc.data import mnist5k  # noqa: E402
+from dwfc.errors import InputError  # noqa: E402
+
+
+def test_quick_benchmark_writes_table_plot_and_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "docs" / "results.md"
+    argv = ["--quick", "--models", "lenet300", "--methods", "dwf3", "gmp", "random",
+            "--sparsities", "0.9", "0.95", "--seeds", "0", "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--recipes", str(tmp_path / "recipes")]  # fmt: skip
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "GMP (cubic)" in printed and "0.95 (CR 20)" in printed
+    page = out.read_text()
+    assert "| DWF D=3 |" in page and "| random |" in page and "## Verdict" in page
+    assert "python benchmarks/accuracy_vs_sparsity.py --quick" in page
+    png = out.parent / "results_accuracy_vs_cr.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]
+    assert len(runs) == 6 and all(r["accuracy"] is not None for r in runs)
+    assert all(r["achieved"] == pytest.approx(r["sparsity"], abs=1e-6) for r in runs)
+    # a second invocation finds every run in the cache and runs nothing
+    assert bench.main([*argv, "--report-only"]) == 0
+    assert "6 runs cached" not in capsys.readouterr().out  # report-only does not even look
+
+
+def test_validation_split_is_carved_from_train_and_never_touches_test() -> None:
+    train, val = mnist5k_validation()
+    full_train, test = mnist5k()
+    assert (len(train), len(val)) == (3500, 500)
+    assert val.tensors[1].bincount().tolist() == [50] * 10
+    rows = {bytes(x.numpy().tobytes()) for x in full_train.tensors[0]}
+    assert all(bytes(x.numpy().tobytes()) in rows for x in val.tensors[0][:50])
+    test_rows = {bytes(x.numpy().tobytes()) for x in test.tensors[0]}
+    assert not any(bytes(x.numpy().tobytes()) in test_rows for x in val.tensors[0])
+
+
+def test_search_grid_and_written_recipe_validate(tmp_path: Path) -> None:
+    grid = bench.search_grid("gmp")
+    assert len(grid) == len(bench.SEARCH_LR) * len(bench.SEARCH_DECAY)
+    path = bench.write_recipe("lenet5", "dwf4", ["train.lr=0.02", "train.min_lr_ratio=0.01"],
+                              ["train.epochs=7"], "note", tmp_path)  # fmt: skip
+    assert path.read_text().startswith("#")
+    recipe = load_recipe(str(path))
+    assert (recipe.factorize.depth, recipe.sparsity.method, recipe.train.epochs) == (4, "dwf", 7)
+    assert recipe.train.lr == 0.02 and recipe.model.arch == "dwfc.zoo:lenet5"
+
+
+def test_bad_flags_are_input_errors() -> None:
+    with pytest.raises(InputError):
+        bench.parse_args(["--sparsities", "1.5"])
+    with pytest.raises(InputError):
+        bench.parse_args(["--jobs", "0"])
