@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from .train import Callback, DwfOutcome
 
 METHODS = ("gmp", "oneshot", "random", "l1")
 DEFAULT_WEIGHT_DECAY = 5e-4
+DEFAULT_L1_LAMBDA = 1e-3  # L1's lambda lives on another scale than DWF's L_{2/D} lambda
 __all__ = ["METHODS", "gmp_sparsity", "random_masks", "train_baseline"]
 
 
@@ -77,6 +79,17 @@ def _cosine(progress: float, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def _controller(sc: Any, start: float) -> SparsityController:
+    """DWF's lambda controller with the recipe's settings (those this version of it has)."""
+    known = {f.name for f in fields(SparsityController) if f.init}
+    extra = {k: getattr(sc, k) for k in ("lookahead", "down_gain") if k in known and hasattr(sc, k)}
+    lam = float(getattr(sc, "l1_lambda_init", None) or DEFAULT_L1_LAMBDA)
+    return SparsityController(
+        target=sc.target, lam=lam, start=start, lam_min=sc.lambda_min, lam_max=sc.lambda_max,
+        gain=sc.gain, max_step=sc.max_step, **extra,
+    )  # fmt: skip
+
+
 class _BaselineRun:
     """One baseline run: the optimizer, the masks and the schedules over the whole budget."""
 
@@ -96,7 +109,10 @@ class _BaselineRun:
             raise InputError(f"sparsity.method={method}: {exc}") from None
         if not self.params:
             raise InputError(f"sparsity.method={method}: no weight selected to prune")
-        self.rel = {n: sc.relative_threshold * r for n, r in layer_rms(self.weights()).items()}
+        rms = layer_rms(self.weights())
+        self.rel = {n: sc.relative_threshold * r for n, r in rms.items()}
+        control = getattr(sc, "control_threshold", sc.relative_threshold)
+        self.controlled = {n: control * r for n, r in rms.items()}
         pruned = {id(p) for p in self.params.values()}
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in pruned]
         self.weight_decay = float(getattr(tc, "weight_decay", DEFAULT_WEIGHT_DECAY))
@@ -113,11 +129,7 @@ class _BaselineRun:
         self.final = False
         self.ctl: SparsityController | None = None
         if method == "l1":
-            self.ctl = SparsityController(
-                target=sc.target, lam=float(getattr(sc, "l1_lambda_init", sc.lambda_init)),
-                start=fraction_below(self.weights(), self.rel), lam_min=sc.lambda_min,
-                lam_max=sc.lambda_max, gain=sc.gain, max_step=sc.max_step,
-            )  # fmt: skip
+            self.ctl = _controller(sc, fraction_below(self.weights(), self.controlled))
         self.out = DwfOutcome()
 
     # -- weights and masks -----------------------------------------------------------------
@@ -197,12 +209,13 @@ class _BaselineRun:
             "train_acc": acc, "eval_acc": None,
             "sparsity_eps": fraction_below(weights, self.recipe.sparsity.eps),
             "sparsity_rel": fraction_below(weights, self.rel),
+            "sparsity_ctl": fraction_below(weights, self.controlled),
             "lambda": self.ctl.lam if self.ctl is not None else None, "lr": self.lr_at(step - 1),
         }  # fmt: skip
         self.out.history.append(row)
         self.emit("log", row)
         if self.ctl is not None and not self.final:
-            self.ctl.update(step / self.ramp, row["sparsity_rel"])
+            self.ctl.update(step / self.ramp, row["sparsity_ctl"])
             self.ctl.lam = dist.broadcast_float(self.ctl.lam, self.device)
 
     def phase_name(self, step: int) -> str:

@@ -90,13 +90,15 @@ def _flag_overrides(**flags: Any) -> list[str]:
 def _summary(report: dict[str, Any], out_dir: Path) -> None:
     sp, acc = report["sparsity"], report["accuracy"]
     ort = acc.get("compressed_onnxruntime")
-    out.print(
-        f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%}), "
-        f"CR {sp['compression_ratio']:.1f}x; training alone brought "
-        f"{sp['reached_by_training_controlled']:.2%} of the weights under "
-        f"{sp['control_threshold']:g}x their layer's RMS; the cut removed none larger than "
-        f"{sp['largest_cut_relative']:.3g}x"
-    )
+    line = f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%}), CR {sp['compression_ratio']:.1f}x"
+    if sp.get("reached_by_training_controlled") is not None:
+        line += (
+            f"; training alone brought {sp['reached_by_training_controlled']:.2%} of the weights "
+            f"under {sp['control_threshold']:g}x their layer's RMS"
+        )
+    if sp.get("largest_cut_relative") is not None:
+        line += f"; the cut removed none larger than {sp['largest_cut_relative']:.3g}x"
+    out.print(line)
     for warning in report.get("warnings", []):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(

@@ -55,8 +55,8 @@ class DwfOutcome:
     accuracy: dict[str, float] = field(default_factory=dict)
     sparsity_eps: float = 0.0
     sparsity_relative: float = 0.0
-    sparsity_controlled: float = 0.0
-    largest_cut: float = 0.0  # largest |w| the exact cut removed, in units of its layer's RMS
+    sparsity_controlled: float | None = None  # DWF only: share under control_threshold x RMS
+    largest_cut: float | None = None  # largest |w| the exact cut removed, in its layer's RMS
     lam: float = 0.0
     lam_max: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)
