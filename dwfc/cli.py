@@ -90,7 +90,8 @@ def _flag_overrides(**flags: Any) -> list[str]:
 def _summary(report: dict[str, Any], out_dir: Path) -> None:
     sp, acc = report["sparsity"], report["accuracy"]
     ort = acc.get("compressed_onnxruntime")
-    line = f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%}), CR {sp['compression_ratio']:.1f}x"
+    line = f"sparsity {sp['achieved']:.2%} (target {sp['target']:.2%})"
+    line += f", CR {sp['compression_ratio']:.1f}x"
     if sp.get("reached_by_training_controlled") is not None:
         line += (
             f"; training alone brought {sp['reached_by_training_controlled']:.2%} of the weights "
