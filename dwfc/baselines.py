@@ -43,7 +43,7 @@ from .train import Callback, DwfOutcome
 
 METHODS = ("gmp", "oneshot", "random", "l1")
 DEFAULT_WEIGHT_DECAY = 5e-4
-DEFAULT_L1_LAMBDA = 1e-3  # L1's lambda lives on another scale than DWF's L_{2/D} lambda
+DEFAULT_L1_LAMBDA = 2e-3  # L1's lambda lives on another scale than DWF's L_{2/D} lambda
 __all__ = ["METHODS", "gmp_sparsity", "random_masks", "train_baseline"]
 
 

@@ -203,11 +203,14 @@ def compress(
         planned = plan(model, recipe.factorize)
         train_set, eval_set = load_data_config(recipe.data)
         train_loader, eval_loader, generator = _loaders(train_set, eval_set, recipe, device)
-        example = _check_fit(model, eval_loader, num_classes(train_set))
+        classes = num_classes(train_set)
+        example = _check_fit(model, eval_loader, classes)
+        top5 = classes is not None and classes > 10  # top-5 is reported for > 10 classes
         total_params = count_parameters(model)
         model.to(device)
         precision = Precision.for_device(device, model, enabled=recipe.train.amp)
         original_acc = evaluate(model, eval_loader, device, precision)
+        original_top5 = evaluate(model, eval_loader, device, precision, topk=5) if top5 else None
         timing["load_s"] = time.perf_counter() - started
 
         dwf = recipe.sparsity.method == "dwf"
@@ -237,6 +240,10 @@ def compress(
         retie_(model)
         bn = _recalibrate(model, recipe, (train_loader, eval_loader), device, precision)
         compressed_acc = evaluate(model, eval_loader, device, precision)
+        top5_acc = {}
+        if top5:
+            top5_acc = {"original_top5": original_top5, "compressed_pytorch_top5": evaluate(
+                model, eval_loader, device, precision, topk=5)}  # fmt: skip
         layers = layer_rows(model, names)
         summary = sparsity_summary(layers, recipe, outcome, total_params)
         if not main:
@@ -270,7 +277,7 @@ def compress(
             "accuracy": {
                 "original": original_acc, **outcome.accuracy, **bn,
                 "compressed_pytorch": compressed_acc,
-                "compressed_onnxruntime": exported["onnx_accuracy"],
+                "compressed_onnxruntime": exported["onnx_accuracy"], **top5_acc,
             },
             "onnx": exported["onnx"],
             "files": file_sizes(staging, total_params),

@@ -11,6 +11,7 @@ import torch
 from test_cli import ARCH, assert_one_line_error
 from typer.testing import CliRunner
 
+import dwfc
 import dwfc.pipeline
 from dwfc.cli import app
 
@@ -173,3 +174,18 @@ def test_json_error_document_on_stdout(out, tmp_path):
 
 def test_state_dict_loads_the_same_weights_it_saved(state_dict_path):
     assert isinstance(torch.load(state_dict_path, weights_only=True), dict)
+
+
+def test_top5_is_reported_for_more_than_ten_classes(tmp_path):
+    from dwfc.zoo import lenet_300_100
+
+    model = tmp_path / "twenty.pt"
+    torch.save(lenet_300_100(num_classes=20).state_dict(), model)
+    report = dwfc.pipeline.compress(
+        model, tmp_path / "out",
+        dwfc.load_recipe("default", [f"model.arch={ARCH}", "model.arch_kwargs.num_classes=20",
+                                     "data.source=data_factories:twenty_classes", *TINY]),
+    )  # fmt: skip
+    acc = report["accuracy"]
+    assert acc["compressed_pytorch_top5"] >= acc["compressed_pytorch"]
+    assert acc["original_top5"] >= acc["original"]
