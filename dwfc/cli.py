@@ -100,13 +100,13 @@ def _summary(report: dict[str, Any], out_dir: Path) -> None:
     if sp.get("largest_cut_relative") is not None:
         line += f"; the cut removed none larger than {sp['largest_cut_relative']:.3g}x"
     out.print(line)
-    for warning in report.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(
         f"accuracy {acc['original']:.2%} -> {acc['compressed_pytorch']:.2%} (PyTorch)"
         + (f", {ort:.2%} (onnxruntime)" if ort is not None else "")
     )
     out.print(f"outputs in {out_dir}/: model.safetensors, model.onnx, report.md, report.json")
+    for warning in report.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

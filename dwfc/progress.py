@@ -17,8 +17,8 @@ from rich.progress import (
 
 def _stats(info: dict[str, Any]) -> str:
     text = f"loss {info['loss']:.3f} acc {info['train_acc']:.1%}"
-    if info.get("sparsity_rel") is not None:
-        text += f" sparsity {info['sparsity_rel']:.1%} λ {info['lambda']:.1e}"
+    if info.get("sparsity_ctl") is not None:
+        text += f" sparsity {info['sparsity_ctl']:.1%} λ {info['lambda']:.1e}"
     return text
 
 
@@ -81,6 +81,8 @@ class RichProgress:
                 )  # fmt: skip
         elif event == "eval":
             self._eval = f" eval {info['eval_acc']:.1%}"
+            if self._task is not None and "step" in info:
+                self._progress.update(self._task, completed=info["step"] - self._offset)
             if not self.live:
                 stats = _stats(self._last) if self._last else ""
                 self._print(f"{info['phase']} epoch {info['epoch']}: {stats}{self._eval}")

@@ -272,7 +272,8 @@ class _DwfRun:
         acc = evaluate(self.model, self.eval_loader, self.device, self.precision)
         if self.out.history:
             self.out.history[-1]["eval_acc"] = acc
-        self.emit("eval", {"phase": self.phase, "epoch": self.epoch, "eval_acc": acc})
+        self.emit("eval", {"phase": self.phase, "epoch": self.epoch, "eval_acc": acc,
+                           "step": self.step})  # fmt: skip
         self._save(self.state())
 
     def _cut(self) -> None:
