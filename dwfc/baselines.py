@@ -15,7 +15,8 @@
 Every method trains `train.epochs + sparsity.finetune_epochs` epochs on the same loader (same
 data order per seed) with SGD + momentum: `train.lr` on a cosine schedule (floor
 `train.min_lr_ratio`) for the first `train.epochs`, then `sparsity.finetune_lr` decaying to 0,
-as DWF does. Plain weight decay (`train.weight_decay`) acts on the pruned weights only.
+as DWF does. Plain weight decay (`train.weight_decay`) acts on the pruned weights only, and
+not during the fine-tune epochs (as under DWF).
 Masks are kept exact: pruned weights and their momentum are zeroed after every step.
 """
 
@@ -178,9 +179,10 @@ class _BaselineRun:
         return tc.lr
 
     def before_step(self, step: int) -> None:
+        decay = self.weight_decay if step < self.total else 0.0  # none in the fine-tune, as DWF
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
-            group["weight_decay"] = self.weight_decay if group["pruned"] else 0.0
+            group["weight_decay"] = decay if group["pruned"] else 0.0
         due = step % self.prune_every == 0 or step == self.ramp
         if self.method == "gmp" and not self.final and step <= self.ramp and due:
             self.gmp_prune(step)

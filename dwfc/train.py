@@ -112,18 +112,21 @@ class _DwfRun:
         self.rms = rms
         self.rel = {n: sc.relative_threshold * r for n, r in rms.items()}
         self.controlled = {n: sc.control_threshold * r for n, r in rms.items()}
+        self.steps_per_epoch = len(train_loader)
+        self.total = tc.epochs * self.steps_per_epoch
+        self.ramp = max(1, round(sc.ramp_fraction * self.total))
+        # A short run has few controller updates: let lambda still span e^ramp_log_range.
+        updates_in_ramp = max(1, self.ramp // tc.log_every)
+        max_step = max(sc.max_step, sc.ramp_log_range / updates_in_ramp)
         self.ctl = SparsityController(
             target=sc.target, lam=sc.lambda_init, start=fraction_below(weights, self.controlled),
-            lam_min=sc.lambda_min, lam_max=sc.lambda_max, gain=sc.gain, max_step=sc.max_step,
+            lam_min=sc.lambda_min, lam_max=sc.lambda_max, gain=sc.gain, max_step=max_step,
             lookahead=sc.lookahead, down_gain=sc.down_gain,
         )  # fmt: skip
         self.scales = _lr_scales(rms, recipe.factorize.depth, tc.lr_scaling, tc.max_lr_scale)
         self.opt = torch.optim.SGD(
             _param_groups(model, self.scales), lr=tc.lr, momentum=tc.momentum
         )
-        self.steps_per_epoch = len(train_loader)
-        self.total = tc.epochs * self.steps_per_epoch
-        self.ramp = max(1, round(sc.ramp_fraction * self.total))
         self.out = DwfOutcome()
         self.phase, self.epoch, self.step = "dwf", 0, 0
         self.masks: dict[str, torch.Tensor] | None = None
