@@ -82,9 +82,14 @@ def broadcast_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     """Rank 0's tensors (same names, shapes and dtypes on every rank) on every rank."""
     if not tdist.is_initialized():
         return tensors
-    for t in tensors.values():
-        tdist.broadcast(t, src=0)
-    return tensors
+    nccl = tdist.get_backend() == "nccl"  # NCCL moves only CUDA tensors
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    shared = {}
+    for name, t in tensors.items():
+        moved = t.to(device)
+        tdist.broadcast(moved, src=0)
+        shared[name] = moved.to(t.device)
+    return shared
 
 
 def barrier() -> None:

@@ -160,8 +160,13 @@ def run_epoch(
         with precision.context(device):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step}")
+        value = float(loss.detach())
+        if dist.any_true(not math.isfinite(value), device):  # every rank restarts together
+            raise TrainingDiverged(
+                f"loss became {value} at step {step} (on some rank)"
+                if math.isfinite(value)
+                else f"loss became {value} at step {step}"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -172,8 +177,9 @@ def run_epoch(
         correct += (logits.detach().argmax(dim=1) == y).sum()
         seen += y.numel()
         if on_log is not None and step % log_every == 0:
-            totals = dist.all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(
-                float(seen), device=device)]))
+            totals = dist.all_reduce_sum(
+                torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
+            )
             on_log(step, float(totals[0] / totals[2]), float(totals[1] / totals[2]))
         if should_stop():
             return step, True

@@ -54,7 +54,9 @@ def _loaders(
     generator = torch.Generator().manual_seed(recipe.train.seed)
     on_cuda = device.type == "cuda"
     workers = recipe.data.num_workers or (min(4, os.cpu_count() or 1) if on_cuda else 0)
-    common = {"num_workers": workers, "pin_memory": on_cuda, "persistent_workers": workers > 0}
+    # Not persistent: a persistent loader draws its worker seed once, so a resumed run would
+    # shuffle differently from an uninterrupted one.
+    common = {"num_workers": workers, "pin_memory": on_cuda}
     batch = recipe.data.batch_size
     if dist.world_size() > 1:
         sampler = DistributedSampler(train, shuffle=True, seed=recipe.train.seed)

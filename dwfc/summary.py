@@ -47,19 +47,29 @@ def sparsity_summary(
 
 
 def method_summary(recipe: Recipe, outcome: DwfOutcome) -> dict[str, Any]:
+    """The method and its final settings; DWF-only entries are None for the baselines."""
+    name = recipe.sparsity.method
+    common = {
+        "name": name, "lr": recipe.train.lr, "optimizer": "sgd",
+        "schedule": recipe.train.schedule, "divergence_restarts": outcome.retries,
+        "lr_factor": outcome.lr_factor,
+    }  # fmt: skip
+    if name != "dwf":
+        from .baselines import DEFAULT_WEIGHT_DECAY
+
+        l1 = name == "l1"
+        return {
+            **common, "depth": None, "init": None,
+            "weight_decay": getattr(recipe.train, "weight_decay", DEFAULT_WEIGHT_DECAY),
+            "lambda": outcome.lam if l1 else None,
+            "lambda_history_max": outcome.lam_max if l1 else None,
+        }  # fmt: skip
     depth = recipe.factorize.depth
     return {
-        "name": recipe.sparsity.method,
-        "depth": depth,
-        "init": recipe.factorize.init,
-        "weight_decay": 2 * outcome.lam / depth,
-        "lambda": outcome.lam,
-        "lambda_history_max": outcome.lam_max,
-        "lr": recipe.train.lr,
-        "optimizer": "sgd",
-        "schedule": recipe.train.schedule,
-        "divergence_restarts": outcome.retries,
-    }
+        **common, "depth": depth, "init": recipe.factorize.init,
+        "weight_decay": 2 * outcome.lam / depth,  # per factor, for weights of the recipe's depth
+        "lambda": outcome.lam, "lambda_history_max": outcome.lam_max,
+    }  # fmt: skip
 
 
 def warnings_for(report: dict[str, Any]) -> list[str]:

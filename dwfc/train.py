@@ -64,18 +64,35 @@ class DwfOutcome:
     lr_factor: float = 1.0
 
 
-def _lr_scales(rms: dict[str, float], depth: int, mode: str, cap: float) -> dict[str, float]:
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy with every tensor on the CPU: snapshots must not grow GPU memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _lr_scales(
+    rms: dict[str, float], depths: dict[str, int], mode: str, cap: float
+) -> dict[str, float]:
     # A weight of size |w| moves about D |w|^(2(D-1)/D) times the factor learning rate; scaling
     # each layer's factor rate by the inverse at its RMS makes `lr` the rate on typical weights.
     if mode == "none":
         return dict.fromkeys(rms, 1.0)
-    return {n: min(cap, 1.0 / (depth * r ** (2.0 * (depth - 1) / depth))) for n, r in rms.items()}
+    return {
+        n: min(cap, 1.0 / (depths[n] * r ** (2.0 * (depths[n] - 1) / depths[n])))
+        for n, r in rms.items()
+    }
 
 
 def _param_groups(model: nn.Module, scales: dict[str, float]) -> list[dict[str, Any]]:
     groups, factor_ids = [], set()
     for fw in factorized_weights(model):
-        groups.append({"params": fw.factors, "lr_scale": scales[fw.name], "factor": True})
+        groups.append({"params": fw.factors, "lr_scale": scales[fw.name], "factor": True,
+                       "depth": fw.parametrization.depth})  # fmt: skip
         factor_ids.update(id(f) for f in fw.factors)
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in factor_ids]
     if others:
@@ -87,10 +104,11 @@ def _cosine(progress: float, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _set_hyper(opt: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+def _set_hyper(opt: torch.optim.Optimizer, lr: float, lam: float) -> None:
+    """Learning rates, and weight decay 2 lambda / D on each factor (its own weight's D)."""
     for group in opt.param_groups:
         group["lr"] = lr * group["lr_scale"]
-        group["weight_decay"] = weight_decay if group["factor"] else 0.0
+        group["weight_decay"] = 2.0 * lam / group["depth"] if group["factor"] else 0.0
 
 
 class _DwfRun:
@@ -123,7 +141,8 @@ class _DwfRun:
             lam_min=sc.lambda_min, lam_max=sc.lambda_max, gain=sc.gain, max_step=max_step,
             lookahead=sc.lookahead, down_gain=sc.down_gain,
         )  # fmt: skip
-        self.scales = _lr_scales(rms, recipe.factorize.depth, tc.lr_scaling, tc.max_lr_scale)
+        depths = {fw.name: fw.parametrization.depth for fw in factorized_weights(model)}
+        self.scales = _lr_scales(rms, depths, tc.lr_scaling, tc.max_lr_scale)
         self.opt = torch.optim.SGD(
             _param_groups(model, self.scales), lr=tc.lr, momentum=tc.momentum
         )
@@ -150,7 +169,7 @@ class _DwfRun:
 
     # -- hooks -----------------------------------------------------------------------------
     def _before_dwf_step(self, step: int) -> None:
-        _set_hyper(self.opt, self.lr_at(step), 2.0 * self.ctl.lam / self.recipe.factorize.depth)
+        _set_hyper(self.opt, self.lr_at(step), self.ctl.lam)
 
     def _before_finetune_step(self, step: int) -> None:
         _set_hyper(self.opt, self.finetune_lr_at(step), 0.0)
@@ -193,8 +212,8 @@ class _DwfRun:
         return {
             "phase": self.phase, "epoch": self.epoch, "step": self.step,
             "batches_done": batches_done, "epoch_start_loader": epoch_start_loader,
-            "model": copy.deepcopy(self.model.state_dict()),
-            "masks": self.masks, "optimizer": copy.deepcopy(self.opt.state_dict()),
+            "model": _cpu_copy(self.model.state_dict()),
+            "masks": self.masks, "optimizer": _cpu_copy(self.opt.state_dict()),
             "controller": self.ctl.state_dict(), "rng": rng_state(self.loader_generator),
             "outcome": copy.deepcopy(vars(self.out)),
             "recipe": self.recipe.model_dump(mode="json"),
@@ -206,7 +225,7 @@ class _DwfRun:
         if self.masks is not None:
             set_masks(self.model, self.masks)
         self.model.load_state_dict(payload["model"])
-        self.opt.load_state_dict(payload["optimizer"])
+        self.opt.load_state_dict(copy.deepcopy(payload["optimizer"]))  # SGD updates in place
         self.ctl.load_state_dict(payload["controller"])
         self.out = DwfOutcome(**copy.deepcopy(payload["outcome"]))
         set_rng_state(payload["rng"], self.loader_generator)
@@ -263,10 +282,9 @@ class _DwfRun:
             if stopped:
                 self._save(self.state(batches_done, start_loader))
                 raise Interrupted(
-                    "interrupted: checkpoint saved" + (
-                        f" in {self.checkpoint}; rerun with --resume to continue"
-                        if self.checkpoint else ""
-                    )
+                    f"interrupted: checkpoint saved in {self.checkpoint}; rerun with --resume "
+                    "to continue" if self.checkpoint else "interrupted: no checkpoint (checkpoints "
+                    "are off), no output was written"
                 )  # fmt: skip
             return
 

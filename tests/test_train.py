@@ -89,11 +89,11 @@ def test_only_factors_get_weight_decay():
     model = _model()
     dwfc.factorize_(model, depth=3)
     opt = torch.optim.SGD(_param_groups(model, {"0.weight": 2.0, "2.weight": 3.0}), lr=0.1)
-    _set_hyper(opt, lr=0.1, weight_decay=0.01)
+    _set_hyper(opt, lr=0.1, lam=0.03)
     factor_ids = {id(f) for f in dwfc.factorize.factor_parameters(model)}
     for group in opt.param_groups:
         is_factor = all(id(p) in factor_ids for p in group["params"])
-        assert group["weight_decay"] == (0.01 if is_factor else 0.0)
+        assert group["weight_decay"] == pytest.approx(0.02 if is_factor else 0.0)  # 2 lambda / 3
     lrs = sorted(group["lr"] for group in opt.param_groups)
     assert lrs == pytest.approx([0.1, 0.2, 0.3])
 
@@ -125,3 +125,13 @@ def test_cuda_without_a_gpu_is_rejected():
         pytest.skip("a CUDA device is present")
     with pytest.raises(InputError, match="no CUDA device"):
         resolve_device("cuda")
+
+
+def test_each_weight_gets_the_decay_of_its_own_depth():
+    model = _model()
+    dwfc.factorize_(model, depth=4, params=["0.weight"])
+    dwfc.factorize_(model, depth=2, params=["2.weight"])
+    opt = torch.optim.SGD(_param_groups(model, {"0.weight": 1.0, "2.weight": 1.0}), lr=0.1)
+    _set_hyper(opt, lr=0.1, lam=0.04)
+    decays = sorted(g["weight_decay"] for g in opt.param_groups if g["factor"])
+    assert decays == pytest.approx([2 * 0.04 / 4, 2 * 0.04 / 2])
