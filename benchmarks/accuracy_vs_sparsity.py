@@ -50,7 +50,7 @@ SEARCH_LR = (0.5, 1.0, 2.0)  # multiples of the method's default learning rate
 SEARCH_DECAY = (0.1, 0.01)  # train.min_lr_ratio: where the cosine schedule ends
 BASE_LR = 0.05
 QUICK = ["train.epochs=1", "sparsity.finetune_epochs=1"]
-FIXED = ["export.onnx=false", "train.checkpoint=false", "train.device=cpu"]
+FIXED = ["export.onnx=false", "train.checkpoint=false"]
 
 
 def recipe_path(model: str, method: str, folder: str | Path = ROOT / "recipes") -> Path:
@@ -69,15 +69,24 @@ def load_run_recipe(spec: dict[str, Any]) -> Any:
     source = str(path) if path.is_file() and not spec.get("defaults") else "default"
     overrides = [*base_overrides(spec["model"], spec["method"]), *spec.get("overrides", []),
                  f"sparsity.target={spec['sparsity']}", f"train.seed={spec['seed']}", *FIXED]
+    device = spec.get("device", "cpu")
+    overrides += [f"train.device={device}"] + (["train.amp=false"] if device != "cpu" else [])
     if spec["split"] == "val":
         overrides.append(f"data.source={VALIDATION_SOURCE}")
     return load_recipe(source, overrides)
 
 
 def run_key(spec: dict[str, Any], recipe: Any, dense: str) -> str:
-    """The cache key: the resolved recipe, the split and the dense checkpoint's content."""
-    blob = json.dumps({"recipe": recipe.model_dump(mode="json"), "split": spec["split"],
-                       "dense": dense}, sort_keys=True)  # fmt: skip
+    """The cache key: the resolved recipe, the split and the dense checkpoint's content.
+
+    The device (fp32 on either) is recorded in each result but left out of the key, so runs made
+    on another machine fill the same cache.
+    """
+    resolved = recipe.model_dump(mode="json")
+    for key in ("device", "amp"):
+        resolved["train"].pop(key, None)
+    blob = json.dumps({"recipe": resolved, "split": spec["split"], "dense": dense},
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -107,6 +116,9 @@ def run_one(spec: dict[str, Any], dense_path: str, cache: str) -> dict[str, Any]
     try:
         report = dwfc.compress(dense_path, work / "out", recipe)
         result.update(_summary(report, time.perf_counter() - started))
+    except InputError:  # a mistake in the setup, not a result: never cached
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     except DwfcError as exc:  # a diverged run is a result too (the search ranks it last)
         result.update(error=f"{type(exc).__name__}: {exc}", accuracy=None)
     except Exception:  # noqa: BLE001 - keep the benchmark going, record why
@@ -146,11 +158,19 @@ def execute(specs: list[dict[str, Any]], dense: dict[tuple[str, str], str], cach
         results.append(r)
 
     args = lambda s: (s, dense[(s["model"], s["split"])], str(cache))  # noqa: E731
+    def fresh(spec: dict[str, Any]) -> bool:  # another process may have filled it meanwhile
+        cached = cache / f"{spec['key']}.json"
+        if cached.is_file():
+            results.append(json.loads(cached.read_text()))
+            return False
+        return True
+
     if jobs <= 1:
         for spec in todo:
             if late():
                 break
-            report(run_one(*args(spec)))
+            if fresh(spec):
+                report(run_one(*args(spec)))
         return results
     os.environ["OMP_NUM_THREADS"] = "1"
     pending: set[Future[dict[str, Any]]] = set()
@@ -162,7 +182,8 @@ def execute(specs: list[dict[str, Any]], dense: dict[tuple[str, str], str], cach
                 spec = next(queue, None)
                 if spec is None:
                     break
-                pending.add(pool.submit(run_one, *args(spec)))
+                if fresh(spec):
+                    pending.add(pool.submit(run_one, *args(spec)))
             if not pending:
                 break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -174,7 +195,7 @@ def execute(specs: list[dict[str, Any]], dense: dict[tuple[str, str], str], cach
 def make_specs(models: list[str], methods: list[str], sparsities: list[float], seeds: list[int],
                split: str, overrides: list[str], recipes: Path,
                grid: Callable[[str], list[list[str]]] | None = None,
-               defaults: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+               defaults: bool = False, device: str = "cpu") -> list[dict[str, Any]]:  # fmt: skip
     """The runs of a benchmark, headline sparsities first; each with its cache key."""
     order = {s: i for i, s in enumerate(SPARSITIES)}
     specs = []
@@ -185,7 +206,7 @@ def make_specs(models: list[str], methods: list[str], sparsities: list[float], s
                     for extra in grid(method) if grid else [[]]:
                         specs.append({"model": model, "method": method, "sparsity": sparsity,
                                       "seed": seed, "split": split, "defaults": defaults,
-                                      "recipes": str(recipes),
+                                      "recipes": str(recipes), "device": device,
                                       "overrides": [*overrides, *extra]})  # fmt: skip
     return specs
 
@@ -220,15 +241,17 @@ def write_recipe(model: str, method: str, chosen: list[str], budget: list[str], 
 
 def run_search(args: argparse.Namespace, cache: Path, budget: list[str]) -> None:
     """Pick lr and decay per (model, method) on the validation split; write the bench recipes."""
-    dense = {(m, "val"): str(pretrain(m, "val", cache, args.dense_epochs)) for m in args.models}
-    specs = make_specs(args.models, args.methods, [args.search_sparsity], [0], "val", budget,
-                       args.recipes, grid=search_grid, defaults=True)  # fmt: skip
+    searched = args.search_models or args.models
+    dense = {(m, "val"): str(pretrain(m, "val", cache, args.dense_epochs)) for m in searched}
+    specs = make_specs(searched, args.methods, [args.search_sparsity], [0], "val", budget,
+                       args.recipes, grid=search_grid, defaults=True,
+                       device=args.device)  # fmt: skip
     for spec in specs:
         spec["key"] = "s" + run_key(spec, load_run_recipe(spec), _dense_hash(dense[(spec["model"],
                                                                                      "val")]))
     results = execute(specs, dense, cache, args.jobs, None)
     table: dict[str, Any] = {}
-    for model in args.models:
+    for model in searched:
         for method in args.methods:
             rows = [r for r in results if r["model"] == model and r["method"] == method]
             scored = [(r.get("accuracy") if r.get("accuracy") is not None else -1.0,
@@ -240,6 +263,18 @@ def run_search(args: argparse.Namespace, cache: Path, budget: list[str]) -> None
             table[f"{model}/{method}"] = {"chosen": chosen, "validation_accuracy": best_acc,
                                           "grid": [[a, c] for a, c in scored]}  # fmt: skip
             print(f"search {model} {method}: {' '.join(chosen)} ({100 * best_acc:.2f}%)")
+    for model in (m for m in args.models if m not in searched):  # not searched: borrow values
+        for method in args.methods:
+            source = table[f"{searched[0]}/{method}"]
+            fixed = args.set.get(f"{model}/{method}", [])
+            chosen = [o for o in source["chosen"] if o.split("=")[0] not in
+                      {f.split("=")[0] for f in fixed}] + fixed  # fmt: skip
+            note = (f"train.lr and train.min_lr_ratio NOT searched on {model}: taken from the "
+                    f"{searched[0]} validation search"
+                    + (f", except {' '.join(fixed)} (--set)" if fixed else ""))
+            write_recipe(model, method, chosen, budget, note, args.recipes)
+            table[f"{model}/{method}"] = {"chosen": chosen, "validation_accuracy": None,
+                                          "from": searched[0], "set": fixed}  # fmt: skip
     out = search_file(args)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     previous.update(table)
@@ -270,16 +305,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipes", type=Path, default=ROOT / "recipes",
                    help="where the bench recipes are read and --search writes them")
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (fp32, amp off) for the runs")
     p.add_argument("--quick", action="store_true", help="a tiny setting, for tests")
     p.add_argument("--search", action="store_true", help="tune lr/decay on a validation split")
     p.add_argument("--search-sparsity", type=float, default=0.98)
+    p.add_argument("--search-models", nargs="+", choices=list(MODELS), default=None,
+                   help="search only these; the other --models borrow their chosen values")
     p.add_argument("--deadline", default=None, help="HH:MM (UTC): start no run after this")
     p.add_argument("--report-only", action="store_true", help="only rebuild the page from cache")
+    p.add_argument("--note", default="", help="a sentence for the page's 'What ran' section")
+    p.add_argument("--set", action="append", default=[], metavar="MODEL/METHOD:KEY=VALUE",
+                   help="with --search: a value to use instead of the one borrowed from the "
+                        "searched model, e.g. lenet5/dwf4:train.lr=0.03 (repeatable)")
     args = p.parse_args(argv)
     if any(not 0 < s < 1 for s in args.sparsities):
         raise InputError("--sparsities must lie strictly between 0 and 1")
     if args.jobs < 1:
         raise InputError("--jobs must be at least 1")
+    fixed: dict[str, list[str]] = {}
+    for item in args.set:
+        where, sep, override = item.partition(":")
+        if not sep or "=" not in override or "/" not in where:
+            raise InputError(f"--set {item!r}: expected MODEL/METHOD:section.key=value")
+        fixed.setdefault(where, []).append(override)
+    args.set = fixed
     return args
 
 
@@ -317,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         run_search(args, cache, search_budget)
     dense = {(m, "test"): str(pretrain(m, "test", cache, args.dense_epochs)) for m in args.models}
     specs = make_specs(args.models, args.methods, args.sparsities, args.seeds, "test", budget,
-                       args.recipes)
+                       args.recipes, device=args.device)
     for spec in specs:
         spec["key"] = run_key(spec, load_run_recipe(spec), _dense_hash(dense[(spec["model"],
                                                                                "test")]))
@@ -328,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         results = execute(specs, dense, cache, args.jobs, _deadline(args.deadline))
     dense_acc = {m: bench_report.dense_accuracy(dense[(m, "test")], m) for m in args.models}
     page = bench_report.write_page(args.out, specs, results, dense_acc, command,
-                                   search_file(args))  # fmt: skip
+                                   search_file(args), args.note)  # fmt: skip
     print(page.table_text)
     print(f"wrote {args.out} and {page.plot}")
     return 0

@@ -91,13 +91,20 @@ def _setup(name: str, depth: int | None, device: torch.device) -> tuple[nn.Modul
     if depth is not None:
         dwfc.factorize_(model, depth=depth)
     model.to(device).train()
+    if AMP["on"]:
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     return model, opt
 
 
+AMP = {"on": False}  # bf16 autocast + channels_last, as dwfc trains on CUDA (--amp)
+
+
 def _step(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=AMP["on"]):
+        logits = model(x)
+    F.cross_entropy(logits.float(), y).backward()
     opt.step()
 
 
@@ -144,6 +151,8 @@ def step_overhead(device: torch.device, steps: int, rounds: int) -> list[dict[st
     for name, (_, shape) in MODELS.items():
         g = torch.Generator().manual_seed(0)
         x = torch.randn(128, *shape, generator=g).to(device)
+        if AMP["on"]:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (128,), generator=g).to(device)
         setups = {d: _setup(name, d, device) for d in DEPTHS}
         memory = {d: (_cuda_peak if device.type == "cuda" else _accounted_bytes)(*setups[d], x, y)
@@ -294,17 +303,29 @@ def file_sizes(cache: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _load() -> str:
+    try:
+        return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load unknown"
+
+
 def render(device: torch.device, steps: list[dict[str, Any]], sub: dict[str, Any] | None,
            files: list[dict[str, Any]] | None, command: str) -> str:  # fmt: skip
     dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"CPU, {torch.get_num_threads()} thread(s)")  # fmt: skip
+    if AMP["on"]:
+        dev += ", bf16 autocast + channels_last"
     memory_how = ("torch.cuda.max_memory_allocated over one step" if device.type == "cuda" else
                   "parameters + gradients + momentum + tensors saved for backward")  # fmt: skip
     lines = [f"# Training overhead of DWF ({dev})", "",
              f"Time per optimisation step (batch 128, SGD + momentum + weight decay; median of "
              f"interleaved rounds) and peak training memory ({memory_how}), dense against the "
              "same model factorized by `dwfc.factorize_`. Target: at most 1.25x time at D = 3.",
-             "", "| model | D | step (ms) | time vs dense | memory (MiB) | memory vs dense |",
+             "", *([f"Measured on a CPU shared with other jobs ({_load()}): step times are "
+                    "noisy even as medians of interleaved rounds. Unshared CPU and CUDA numbers: "
+                    "[overhead-gpu.md](overhead-gpu.md).", ""] if device.type == "cpu" else []),
+             "| model | D | step (ms) | time vs dense | memory (MiB) | memory vs dense |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in steps:
         lines.append(f"| {r['model']} | {r['depth'] or 'dense'} | {r['step_ms']:.1f} | "
@@ -337,11 +358,12 @@ def render(device: torch.device, steps: list[dict[str, Any]], sub: dict[str, Any
                   "(biases), plus one bit per pruned-set weight (the mask). The file also holds "
                   "a JSON header (with the recipe as metadata) and per-row offsets.", "",
                   "| model | sparsity | file (bytes) | header | bound | file / bound "
-                  "| dense fp32 |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "| (file - header) / bound | dense fp32 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for r in files:
             lines.append(f"| {r['model']} | {r['sparsity']} | {r['bytes']:,} | {r['header']:,} | "
-                         f"{r['bound']:,.0f} | {r['bytes'] / r['bound']:.2f}x | {r['dense']:,} |")
+                         f"{r['bound']:,.0f} | {r['bytes'] / r['bound']:.2f}x | "
+                         f"{(r['bytes'] - r['header']) / r['bound']:.2f}x | {r['dense']:,} |")
     lines += ["", "Reproduce:", "", "```", command, "```", "",
               f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
               f"torch {torch.__version__}."]  # fmt: skip
@@ -351,6 +373,7 @@ def render(device: torch.device, steps: list[dict[str, Any]], sub: dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--subnormal-epochs", type=int, default=30)
@@ -358,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "overhead.md")
     args = p.parse_args(argv)
-    command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "OMP_NUM_THREADS=1 python benchmarks/overhead.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
     device = torch.device(args.device)
+    AMP["on"] = args.amp
     steps = step_overhead(device, args.steps, args.rounds)
     cpu = device.type == "cpu"
     sub = subnormals(args.cache, args.subnormal_epochs) if cpu and "subnormals" not in args.skip \

@@ -80,14 +80,15 @@ def _cosine(progress: float, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _controller(sc: Any, start: float) -> SparsityController:
+def _controller(sc: Any, start: float, updates_in_ramp: int) -> SparsityController:
     """DWF's lambda controller with the recipe's settings (those this version of it has)."""
     known = {f.name for f in fields(SparsityController) if f.init}
     extra = {k: getattr(sc, k) for k in ("lookahead", "down_gain") if k in known and hasattr(sc, k)}
     lam = float(getattr(sc, "l1_lambda_init", None) or DEFAULT_L1_LAMBDA)
     return SparsityController(
         target=sc.target, lam=lam, start=start, lam_min=sc.lambda_min, lam_max=sc.lambda_max,
-        gain=sc.gain, max_step=sc.max_step, **extra,
+        gain=sc.gain, max_step=max(sc.max_step, getattr(sc, "ramp_log_range", 0.0) /
+                                   max(1, updates_in_ramp)), **extra,
     )  # fmt: skip
 
 
@@ -130,7 +131,8 @@ class _BaselineRun:
         self.final = False
         self.ctl: SparsityController | None = None
         if method == "l1":
-            self.ctl = _controller(sc, fraction_below(self.weights(), self.controlled))
+            start = fraction_below(self.weights(), self.controlled)
+            self.ctl = _controller(sc, start, self.ramp // tc.log_every)
         self.out = DwfOutcome()
 
     # -- weights and masks -----------------------------------------------------------------

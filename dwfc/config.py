@@ -71,6 +71,7 @@ class TrainConfig(_Section):
     flush_denormal: bool = True  # subnormal factors are very slow on x86 CPUs
     log_every: int = Field(10, ge=1)  # steps between controller updates / history rows
     max_retries: int = Field(3, ge=0)  # restarts of a diverged epoch, each with half the lr
+    weight_decay: float = Field(5e-4, ge=0)  # baselines only: plain L2 on the pruned weights
     amp: bool = True  # bf16 autocast (and channels_last for conv nets) on CUDA; off on CPU
     checkpoint: bool = True  # save --out/checkpoint.pt every epoch, for --resume
 
@@ -90,6 +91,8 @@ class SparsityConfig(_Section):
     control_threshold: float = Field(0.1, gt=0, lt=1)  # controlled: |w| < this * layer RMS
     lookahead: float = Field(10.0, ge=0)  # updates to extrapolate the density trend (anti-windup)
     down_gain: float = Field(0.2, gt=0)  # gain when too sparse: lambda falls slowly after the ramp
+    prune_every: int | None = Field(None, ge=1)  # gmp: steps between prunes (None: log_every)
+    l1_lambda_init: float = Field(2e-3, gt=0)  # l1 baseline: starting lambda of its controller
     finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after the exact cut
     finetune_lr: float = Field(0.01, ge=0)
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics after the cut

@@ -69,3 +69,27 @@ def test_bad_flags_are_input_errors() -> None:
         bench.parse_args(["--sparsities", "1.5"])
     with pytest.raises(InputError):
         bench.parse_args(["--jobs", "0"])
+    with pytest.raises(InputError, match="--set"):
+        bench.parse_args(["--set", "lenet5:train.lr=0.1"])
+    assert bench.parse_args(["--set", "lenet5/dwf4:train.lr=0.03"]).set == {
+        "lenet5/dwf4": ["train.lr=0.03"]}
+
+
+@pytest.mark.slow
+def test_quick_search_writes_recipes_from_the_validation_split(tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes"
+    argv = ["--quick", "--search", "--models", "lenet300", "--methods", "oneshot",
+            "--sparsities", "0.9", "--seeds", "0", "--search-sparsity", "0.9",
+            "--out", str(tmp_path / "results.md"), "--cache", str(tmp_path / "cache"),
+            "--recipes", str(recipes)]  # fmt: skip
+    assert bench.main(argv) == 0
+    recipe = load_recipe(str(recipes / "bench-lenet300-oneshot.yaml"))
+    assert recipe.sparsity.method == "oneshot" and recipe.train.epochs == 1
+    search = json.loads((tmp_path / "results_search.json").read_text())
+    entry = search["lenet300/oneshot"]
+    assert len(entry["grid"]) == len(bench.search_grid("oneshot"))
+    assert entry["chosen"] == [o for o in entry["chosen"] if o.startswith("train.")]
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("s*.json")]
+    assert runs and all(r["split"] == "val" for r in runs)
+    assert all(r["recipe"]["data"]["source"].startswith("benchmarks.") for r in runs)
+    assert "## Tuning" in (tmp_path / "results.md").read_text()
