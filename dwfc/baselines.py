@@ -39,7 +39,13 @@ from .checkpoint import StopRequest
 from .config import Recipe
 from .errors import InputError, Interrupted
 from .loop import FP32, Precision, evaluate, flush_denormal, run_epoch
-from .sparsity import SparsityController, fraction_below, global_magnitude_masks, layer_rms
+from .sparsity import (
+    SparsityController,
+    fraction_below,
+    global_magnitude_masks,
+    layer_rms,
+    split_flat,
+)
 from .train import Callback, DwfOutcome
 
 METHODS = ("gmp", "oneshot", "random", "l1")
@@ -68,12 +74,7 @@ def random_masks(
     keep = total - round(sparsity * total)
     keep_flat = torch.zeros(total, dtype=torch.bool)
     keep_flat[torch.randperm(total, generator=generator)[:keep]] = True
-    masks, offset = {}, 0
-    for name in names:
-        n = weights[name].numel()
-        masks[name] = keep_flat[offset : offset + n].view(weights[name].shape)
-        offset += n
-    return masks
+    return split_flat(keep_flat, {n: weights[n] for n in names})
 
 
 def _cosine(progress: float, min_ratio: float) -> float:

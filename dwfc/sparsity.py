@@ -63,12 +63,16 @@ def global_magnitude_masks(weights: dict[str, Tensor], sparsity: float) -> dict[
     keep_flat = torch.zeros(flat.numel(), dtype=torch.bool)
     if keep > 0:
         keep_flat[torch.topk(flat, keep, sorted=False).indices] = True
-    masks, offset = {}, 0
-    for name in names:
-        n = weights[name].numel()
-        masks[name] = keep_flat[offset : offset + n].view(weights[name].shape)
-        offset += n
-    return masks
+    return split_flat(keep_flat, weights)
+
+
+def split_flat(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Cut a flat tensor over all weights (in `like`'s order) back into per-weight shapes."""
+    parts, offset = {}, 0
+    for name, weight in like.items():
+        parts[name] = flat[offset : offset + weight.numel()].view(weight.shape)
+        offset += weight.numel()
+    return parts
 
 
 def largest_cut(
