@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import loaders, mlp
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import dwfc
 from dwfc.baselines import METHODS, gmp_sparsity, random_masks, train_baseline
@@ -20,26 +20,9 @@ NAMES = ["0.weight", "2.weight"]
 CPU = torch.device("cpu")
 
 
-def _data() -> tuple[DataLoader, DataLoader]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 20, generator=g)
-    y = (x[:, :4].argmax(dim=1)).long()
-    train = TensorDataset(x[:192], y[:192])
-    test = TensorDataset(x[192:], y[192:])
-    return (
-        DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)),
-        DataLoader(test, batch_size=64),
-    )
-
-
-def _model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4))
-
-
 def _run(method: str, target: float, extra: tuple[str, ...] = (), callback=None):
-    train, test = _data()
-    model = _model()
+    train, test = loaders()
+    model = mlp()
     recipe = load_recipe("default", [*TINY, f"sparsity.method={method}",
                                      f"sparsity.target={target}", *extra])  # fmt: skip
     outcome = train_baseline(method, NAMES, model, train, test, recipe, CPU, callback)
@@ -64,14 +47,14 @@ def test_each_baseline_hits_the_target_exactly(method: str, target: float) -> No
 
 @pytest.mark.parametrize("method", METHODS)
 def test_masks_stay_fixed_during_masked_fine_tuning(method: str) -> None:
-    model = _model()
+    model = mlp()
     captured: dict[str, torch.Tensor] = {}
 
     def remember_cut(event: str, info: dict) -> None:
         if event == "cut":
             captured.update({n: model.get_parameter(n).detach().clone() for n in NAMES})
 
-    train, test = _data()
+    train, test = loaders()
     recipe = load_recipe("default", [*TINY, f"sparsity.method={method}", "sparsity.target=0.8",
                                      "sparsity.finetune_lr=0.05"])  # fmt: skip
     train_baseline(method, NAMES, model, train, test, recipe, CPU, remember_cut)
@@ -119,12 +102,12 @@ def test_random_masks_are_seeded_and_exact() -> None:
 
 
 def test_unknown_method_and_resume_are_refused() -> None:
-    train, test = _data()
+    train, test = loaders()
     recipe = load_recipe("default", TINY)
     with pytest.raises(InputError, match="unknown sparsity.method"):
-        train_baseline("snip", NAMES, _model(), train, test, recipe, CPU)
+        train_baseline("snip", NAMES, mlp(), train, test, recipe, CPU)
     with pytest.raises(InputError, match="resume"):
-        train_baseline("gmp", NAMES, _model(), train, test, recipe, CPU, resume={})
+        train_baseline("gmp", NAMES, mlp(), train, test, recipe, CPU, resume={})
 
 
 def test_compress_runs_gmp_end_to_end(

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from synthetic import loaders, mlp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -11,26 +12,9 @@ from dwfc.train import _param_groups, _set_hyper, evaluate, resolve_device, trai
 TINY = ["train.epochs=4", "sparsity.finetune_epochs=2", "train.log_every=2", "train.lr=0.05"]
 
 
-def _data() -> tuple[DataLoader, DataLoader]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 20, generator=g)
-    y = (x[:, :4].argmax(dim=1)).long()
-    train = TensorDataset(x[:192], y[:192])
-    test = TensorDataset(x[192:], y[192:])
-    return (
-        DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)),
-        DataLoader(test, batch_size=64),
-    )
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4))
-
-
 def _run(target: float, extra: list[str] | None = None):
-    train, test = _data()
-    model = _model()
+    train, test = loaders()
+    model = mlp()
     recipe = load_recipe("default", [*TINY, f"sparsity.target={target}", *(extra or [])])
     dwfc.factorize_(model, depth=recipe.factorize.depth)
     outcome = train_dwf(model, train, test, recipe, torch.device("cpu"))
@@ -56,8 +40,8 @@ def test_masks_stay_fixed_during_the_masked_fine_tune():
                 {fw.name: fw.collapsed().clone() for fw in dwfc.factorized_weights(model)}
             )
 
-    train, test = _data()
-    model = _model()
+    train, test = loaders()
+    model = mlp()
     recipe = load_recipe("default", [*TINY, "sparsity.target=0.7", "sparsity.finetune_lr=0.05"])
     dwfc.factorize_(model, depth=3)
     train_dwf(model, train, test, recipe, torch.device("cpu"), callback=remember_cut)
@@ -86,7 +70,7 @@ def test_seeded_cpu_runs_are_bit_for_bit_repeatable():
 
 
 def test_only_factors_get_weight_decay():
-    model = _model()
+    model = mlp()
     dwfc.factorize_(model, depth=3)
     opt = torch.optim.SGD(_param_groups(model, {"0.weight": 2.0, "2.weight": 3.0}), lr=0.1)
     _set_hyper(opt, lr=0.1, lam=0.03)
@@ -128,7 +112,7 @@ def test_cuda_without_a_gpu_is_rejected():
 
 
 def test_each_weight_gets_the_decay_of_its_own_depth():
-    model = _model()
+    model = mlp()
     dwfc.factorize_(model, depth=4, params=["0.weight"])
     dwfc.factorize_(model, depth=2, params=["2.weight"])
     opt = torch.optim.SGD(_param_groups(model, {"0.weight": 1.0, "2.weight": 1.0}), lr=0.1)
