@@ -45,6 +45,14 @@ Overrides = Annotated[
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe or a YAML file.")]
 QuietOpt = Annotated[bool, _opt("No progress output.", "--quiet", "-q")]
 JsonOpt = Annotated[bool, _opt("Print one JSON document on stdout (logs go to stderr).", "--json")]
+ModelArg = Annotated[Path, typer.Argument(help="A state dict (with --arch) or a saved module.")]
+ArchOpt = Annotated[str | None, _opt("package.module:factory or torchvision:NAME.")]
+ArchKwargOpt = Annotated[list[str] | None, _opt("Factory argument key=value (repeatable).")]
+TrustOpt = Annotated[bool, _opt("Allow unpickling a saved module (runs its code).")]
+DepthOpt = Annotated[int | None, _opt("D, the number of factors (>= 2).")]
+IncludeOpt = Annotated[list[str] | None, _opt("Only weights matching (glob, re:, type:).")]
+ExcludeOpt = Annotated[list[str] | None, _opt("Never weights matching (glob, re:, type:).")]
+DepthOverrideOpt = Annotated[list[str] | None, _opt("PATTERN=D: another depth there.")]
 
 
 def _jsonable(value: Any) -> Any:
@@ -111,31 +119,29 @@ def _summary(report: dict[str, Any], out_dir: Path) -> None:
 
 @app.command()
 def compress(
-    model: Annotated[Path, typer.Argument(help="A state dict (with --arch) or a saved module.")],
+    model: ModelArg,
     overrides: Overrides = None,
     out_dir: Annotated[Path, _opt("Output folder.", "--out", "-o")] = Path("runs/dwfc"),
-    depth: Annotated[int | None, _opt("D, the number of factors (>= 2).")] = None,
+    depth: DepthOpt = None,
     target_sparsity: Annotated[float | None, _opt("Share of factorized weights to zero.")] = None,
     data: Annotated[
         str | None, _opt("mnist5k, a data set name, or package.module:factory.")
     ] = None,
     data_root: Annotated[str | None, _opt("Local folder of the data set.")] = None,
-    arch: Annotated[str | None, _opt("package.module:factory or torchvision:NAME.")] = None,
-    arch_kwarg: Annotated[
-        list[str] | None, _opt("Factory argument key=value (repeatable).")
-    ] = None,
-    trust_model: Annotated[bool, _opt("Allow unpickling a saved module (runs its code).")] = False,
+    arch: ArchOpt = None,
+    arch_kwarg: ArchKwargOpt = None,
+    trust_model: TrustOpt = False,
     device: Annotated[str | None, _opt("auto, cpu, cuda or cuda:N.")] = None,
     epochs: Annotated[int | None, _opt("DWF fine-tuning epochs.")] = None,
     lr: Annotated[float | None, _opt("Learning rate on the collapsed weights.")] = None,
     seed: Annotated[int | None, _opt("Random seed.")] = None,
     max_accuracy_drop: Annotated[
         float | None, _opt("Gate: fail (exit 3) past this loss, in points.")
-    ] = None,  # noqa: E501
+    ] = None,
     min_sparsity: Annotated[float | None, _opt("Gate: fail (exit 3) below this sparsity.")] = None,
-    include: Annotated[list[str] | None, _opt("Only weights matching (glob, re:, type:).")] = None,
-    exclude: Annotated[list[str] | None, _opt("Never weights matching (glob, re:, type:).")] = None,
-    depth_override: Annotated[list[str] | None, _opt("PATTERN=D: another depth there.")] = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    depth_override: DepthOverrideOpt = None,
     recipe: RecipeOpt = "default",
     dry_run: Annotated[bool, _opt("List the weights that would be factorized, then stop.")] = False,
     overwrite: Annotated[bool, _opt("Replace the outputs in a non-empty --out.")] = False,
@@ -147,16 +153,12 @@ def compress(
     from .pipeline import compress as run_compress
 
     with _errors(as_json):
-        flags = _flag_overrides(
+        resolved = _resolve_recipe(
+            recipe, overrides, arch_kwarg, trust_model, include, exclude, depth_override,
             depth=depth, target_sparsity=target_sparsity, data=data, data_root=data_root,
             arch=arch, device=device, epochs=epochs, seed=seed, lr=lr,
             max_accuracy_drop=max_accuracy_drop, min_sparsity=min_sparsity,
         )  # fmt: skip
-        flags += [f"model.arch_kwargs.{kv}" for kv in arch_kwarg or []]
-        if trust_model:
-            flags.append("model.trust_model=true")
-        resolved = load_recipe(recipe, [*flags, *(overrides or [])])
-        _apply_selection(resolved, include, exclude, depth_override)
         if dry_run:
             _plan(model, resolved, as_json)
             return
@@ -171,6 +173,21 @@ def compress(
             _print_json({"ok": True, "out": str(out_dir), **report})
         else:
             _summary(report, out_dir)
+
+
+def _resolve_recipe(
+    recipe: str, overrides: list[str] | None, arch_kwarg: list[str] | None, trust_model: bool,
+    include: list[str] | None, exclude: list[str] | None, depth_override: list[str] | None,
+    **flags: Any,
+) -> Recipe:  # fmt: skip
+    """The recipe file, then the flags, then the key=value overrides (which win)."""
+    given = _flag_overrides(**flags)
+    given += [f"model.arch_kwargs.{kv}" for kv in arch_kwarg or []]
+    if trust_model:
+        given.append("model.trust_model=true")
+    resolved = load_recipe(recipe, [*given, *(overrides or [])])
+    _apply_selection(resolved, include, exclude, depth_override)
+    return resolved
 
 
 def _apply_selection(
@@ -246,28 +263,24 @@ def inspect(
 
 @app.command("plan")
 def plan_command(
-    model: Annotated[Path, typer.Argument(help="A state dict (with --arch) or a saved module.")],
+    model: ModelArg,
     overrides: Overrides = None,
-    arch: Annotated[str | None, _opt("package.module:factory or torchvision:NAME.")] = None,
-    arch_kwarg: Annotated[
-        list[str] | None, _opt("Factory argument key=value (repeatable).")
-    ] = None,
-    trust_model: Annotated[bool, _opt("Allow unpickling a saved module (runs its code).")] = False,
-    depth: Annotated[int | None, _opt("D, the number of factors (>= 2).")] = None,
-    include: Annotated[list[str] | None, _opt("Only weights matching (glob, re:, type:).")] = None,
-    exclude: Annotated[list[str] | None, _opt("Never weights matching (glob, re:, type:).")] = None,
-    depth_override: Annotated[list[str] | None, _opt("PATTERN=D: another depth there.")] = None,
+    arch: ArchOpt = None,
+    arch_kwarg: ArchKwargOpt = None,
+    trust_model: TrustOpt = False,
+    depth: DepthOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    depth_override: DepthOverrideOpt = None,
     recipe: RecipeOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
     """List every weight `compress` would factorize (same as `compress --dry-run`)."""
     with _errors(as_json):
-        flags = _flag_overrides(arch=arch, depth=depth)
-        flags += [f"model.arch_kwargs.{kv}" for kv in arch_kwarg or []]
-        if trust_model:
-            flags.append("model.trust_model=true")
-        resolved = load_recipe(recipe, [*flags, *(overrides or [])])
-        _apply_selection(resolved, include, exclude, depth_override)
+        resolved = _resolve_recipe(
+            recipe, overrides, arch_kwarg, trust_model, include, exclude, depth_override,
+            arch=arch, depth=depth,
+        )  # fmt: skip
         _plan(model, resolved, as_json)
 
 

@@ -82,18 +82,6 @@ def default_filter(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, DEFAULT_LAYER_TYPES)
 
 
-def layer_type_filter(type_names: Iterable[str]) -> FilterFn:
-    """A filter selecting modules by torch.nn class name, e.g. ["Linear", "Conv2d"]."""
-    types = []
-    for name in type_names:
-        cls = getattr(nn, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise InputError(f"unknown layer type '{name}': expected a torch.nn class name")
-        types.append(cls)
-    selected = tuple(types)
-    return lambda module, fqn: isinstance(module, selected)
-
-
 def _varmatch_factors(
     weight: Tensor, depth: int, generator: torch.Generator | None
 ) -> list[Tensor]:

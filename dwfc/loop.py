@@ -162,11 +162,7 @@ def run_epoch(
             loss = F.cross_entropy(logits.float(), y)
         value = float(loss.detach())
         if dist.any_true(not math.isfinite(value), device):  # every rank restarts together
-            raise TrainingDiverged(
-                f"loss became {value} at step {step} (on some rank)"
-                if math.isfinite(value)
-                else f"loss became {value} at step {step}"
-            )
+            raise TrainingDiverged(f"loss became non-finite at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
