@@ -46,7 +46,7 @@ METHODS = {
     "oneshot": ("oneshot", 2), "random": ("random", 2), "l1": ("l1", 2),
 }  # fmt: skip
 SPARSITIES = (0.95, 0.99, 0.98, 0.9, 0.995)  # run in this order: the headline ones first
-SEARCH_LR = (0.5, 1.0, 2.0)  # multiples of the method's default learning rate
+SEARCH_LR = (0.5, 1.0, 2.0, 4.0)  # multiples of the method's default learning rate
 SEARCH_DECAY = (0.1, 0.01)  # train.min_lr_ratio: where the cosine schedule ends
 BASE_LR = 0.05
 QUICK = ["train.epochs=1", "sparsity.finetune_epochs=1"]

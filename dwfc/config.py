@@ -87,7 +87,7 @@ class SparsityConfig(_Section):
     lambda_max: float = Field(1.0, gt=0)
     gain: float = Field(1.0, gt=0)  # log-lambda change per unit of normalised sparsity error
     max_step: float = Field(0.05, gt=0)  # bound on |log-lambda change| per controller update
-    ramp_log_range: float = Field(2.4, gt=0)  # short runs: max_step >= this / updates in ramp
+    ramp_log_range: float = Field(4.0, gt=0)  # short runs: max_step >= this / updates in ramp
     control_threshold: float = Field(0.1, gt=0, lt=1)  # controlled: |w| < this * layer RMS
     lookahead: float = Field(10.0, ge=0)  # updates to extrapolate the density trend (anti-windup)
     down_gain: float = Field(0.2, gt=0)  # gain when too sparse: lambda falls slowly after the ramp
