@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ class _DwfRun:
         self.out = DwfOutcome()
         self.phase, self.epoch, self.step = "dwf", 0, 0
         self.masks: dict[str, torch.Tensor] | None = None
+        self.epoch_start: dict[str, Any] | None = None  # the snapshot a restart goes back to
 
     # -- schedules -------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -242,9 +244,18 @@ class _DwfRun:
 
     # -- phases ----------------------------------------------------------------------------
     def _epoch(self, resume: dict[str, Any] | None) -> None:
-        """One epoch of the current phase, restarted at most `max_retries` times on divergence."""
+        """One epoch of the current phase, restarted at most `max_retries` times on divergence.
+
+        The first restart goes back to this epoch's start; the state there can already be past
+        saving (the loss non-finite on its first batch at any rate), so later restarts go back
+        to the previous epoch's start when it belongs to the same phase.
+        """
         good = resume or self.state()
+        earlier, self.epoch_start = self.epoch_start, good
+        if earlier is not None and earlier["phase"] != self.phase:
+            earlier = None
         skip = good.get("batches_done", 0) if resume else 0
+        restarts = 0
         while True:
             if skip and good.get("epoch_start_loader") is not None and self.loader_generator:
                 self.loader_generator.set_state(good["epoch_start_loader"])
@@ -260,7 +271,7 @@ class _DwfRun:
                     before_step=self._before_dwf_step if dwf else self._before_finetune_step,
                     on_log=self._log_dwf if dwf else self._log_finetune,
                     precision=self.precision, skip_batches=skip,
-                    restore_rng=(lambda: set_rng_state(good["rng"], None)) if skip else None,
+                    restore_rng=partial(set_rng_state, good["rng"], None) if skip else None,
                     should_stop=self._should_stop,
                 )  # fmt: skip
             except TrainingDiverged as exc:
@@ -272,6 +283,10 @@ class _DwfRun:
                         + (f"; the last good checkpoint stays in {self.checkpoint}" if kept else "")
                     ) from None
                 retries, factor = self.out.retries + 1, self.out.lr_factor * 0.5
+                restarts += 1
+                if restarts > 1 and earlier is not None:
+                    good, earlier = earlier, None
+                    self.epoch_start = good
                 self.restore(good)
                 self.out.retries, self.out.lr_factor = retries, factor
                 self.emit("diverged", {"retry": retries, "lr_factor": factor})

@@ -119,3 +119,28 @@ def test_each_weight_gets_the_decay_of_its_own_depth():
     _set_hyper(opt, lr=0.1, lam=0.04)
     decays = sorted(g["weight_decay"] for g in opt.param_groups if g["factor"])
     assert decays == pytest.approx([2 * 0.04 / 4, 2 * 0.04 / 2])
+
+
+def test_a_second_divergence_in_an_epoch_restarts_from_the_epoch_before(monkeypatch):
+    """The state at an epoch's start can itself be past saving: go back one more epoch."""
+    import dwfc.train as train_module
+    from dwfc.errors import TrainingDiverged
+
+    real_run_epoch, starts = train_module.run_epoch, []
+    steps_per_epoch = len(loaders()[0])
+
+    def run_epoch(*args, first_step, **kwargs):
+        starts.append(first_step)
+        if first_step == 2 * steps_per_epoch and starts.count(first_step) <= 2:
+            raise TrainingDiverged(f"loss became non-finite at step {first_step + 1}")
+        return real_run_epoch(*args, first_step=first_step, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_epoch", run_epoch)
+    model, outcome = _run(0.8)
+    s = steps_per_epoch
+    # epochs 0, 1; epoch 2 diverges, restarts at its start, diverges again, goes back to epoch 1
+    assert starts[:6] == [0, s, 2 * s, 2 * s, s, 2 * s]
+    assert outcome.retries == 2 and outcome.lr_factor == 0.25
+    dwf_epochs = [row["epoch"] for row in outcome.history if row["phase"] != "finetune"]
+    assert dwf_epochs == sorted(dwf_epochs) and dwf_epochs[-1] == 4  # history rewound too
+    assert "after_finetune" in outcome.accuracy
