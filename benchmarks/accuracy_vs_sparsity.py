@@ -3,11 +3,13 @@
     python benchmarks/accuracy_vs_sparsity.py --models lenet300 lenet5 --jobs 2
 
 Each model is trained dense once (seeded); every run starts from that checkpoint and goes through
-`dwfc.compress` with the model's bench recipe (`recipes/bench-<model>-<method>.yaml`) and
-`sparsity.target`, `train.seed` overrides. Each finished run is stored as JSON in `--cache`, so an
-interrupted benchmark continues where it stopped when rerun with the same flags. `--search` first
-picks the learning rate and its cosine decay per method on a validation split carved out of the
-training set (never the test set) and writes them into the bench recipes. See docs/results.md.
+`dwfc.compress` with the model's bench recipe (`benchmarks/recipes/bench-<model>-<method>.yaml`)
+and `sparsity.target`, `train.seed` overrides. Each finished run is stored as JSON in `--cache`
+(not tracked; an interrupted benchmark continues where it stopped when rerun with the same
+flags), and the runs behind the page in one file beside it (docs/results_runs.json), from which
+`--report-only` rebuilds the page without the cache. `--search` first picks the learning rate and
+its cosine decay per method on a validation split carved out of the training set (never the test
+set) and writes them into the bench recipes. See docs/results.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from math import nan
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from benchmarks import bench_report  # noqa: E402
 from benchmarks.bench_data import MODELS, VALIDATION_SOURCE, pretrain, state_hash  # noqa: E402
 from dwfc.config import Recipe, apply_override, load_recipe  # noqa: E402
 from dwfc.errors import DwfcError, InputError  # noqa: E402
+from dwfc.outputs import SAFETENSORS  # noqa: E402
+from dwfc.report.schema import AccuracyInfo, MethodInfo, RunReport, SparsityInfo  # noqa: E402
 
 METHODS = {
     "dwf2": ("dwf", 2), "dwf3": ("dwf", 3), "dwf4": ("dwf", 4), "gmp": ("gmp", 2),
@@ -53,7 +58,10 @@ QUICK = ["train.epochs=1", "sparsity.finetune_epochs=1"]
 FIXED = ["export.onnx=false", "train.checkpoint=false"]
 
 
-def recipe_path(model: str, method: str, folder: str | Path = ROOT / "recipes") -> Path:
+RECIPES = ROOT / "benchmarks" / "recipes"
+
+
+def recipe_path(model: str, method: str, folder: str | Path = RECIPES) -> Path:
     return Path(folder) / f"bench-{model}-{method}.yaml"
 
 
@@ -90,17 +98,18 @@ def run_key(spec: dict[str, Any], recipe: Any, dense: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _summary(report: dict[str, Any], seconds: float) -> dict[str, Any]:
-    sp, acc, files = report["sparsity"], report["accuracy"], report.get("files", {})
+def _summary(report: RunReport, seconds: float) -> dict[str, Any]:
+    sp = report.sparsity or SparsityInfo()
+    acc, method = report.accuracy or AccuracyInfo(), report.method or MethodInfo()
     return {
-        "accuracy": acc["compressed_pytorch"], "dense_accuracy": acc["original"],
-        "before_cut": acc.get("before_cut"), "after_cut": acc.get("after_cut"),
-        "achieved": sp["achieved"], "compression_ratio": sp["compression_ratio"],
-        "nonzero": sp["nonzero_weights"], "weights": sp["factorized_weights"],
-        "parameters": sp["total_parameters"], "lambda": report["method"]["lambda"],
-        "lr": report["method"]["lr"], "safetensors_bytes": files.get("model.safetensors"),
-        "train_s": report["timing"].get("train_s"),
-        "finetune_s": report["timing"].get("finetune_s"), "wall_s": seconds,
+        "accuracy": acc.compressed_pytorch, "dense_accuracy": acc.original,
+        "before_cut": acc.before_cut, "after_cut": acc.after_cut,
+        "achieved": sp.achieved, "compression_ratio": sp.compression_ratio,
+        "nonzero": sp.nonzero_weights, "weights": sp.factorized_weights,
+        "parameters": sp.total_parameters, "lambda": method.lam, "lr": method.lr,
+        "safetensors_bytes": report.files.get(SAFETENSORS),
+        "train_s": report.timing.get("train_s"), "finetune_s": report.timing.get("finetune_s"),
+        "wall_s": seconds,
     }  # fmt: skip
 
 
@@ -223,7 +232,8 @@ def search_grid(method: str) -> list[list[str]]:
 
 def write_recipe(model: str, method: str, chosen: list[str], budget: list[str], note: str,
                  folder: Path) -> Path:  # fmt: skip
-    """recipes/bench-<model>-<method>.yaml with the chosen values and the shared budget."""
+    """benchmarks/recipes/bench-<model>-<method>.yaml with the chosen values and the shared
+    budget."""
     data: dict[str, Any] = {}
     for override in [*base_overrides(model, method), "data.source=mnist5k", *budget, *chosen]:
         apply_override(data, override)
@@ -302,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-epochs", type=int, default=20)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")
-    p.add_argument("--recipes", type=Path, default=ROOT / "recipes",
+    p.add_argument("--recipes", type=Path, default=RECIPES,
                    help="where the bench recipes are read and --search writes them")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, or cuda (fp32, amp off) for the runs")
@@ -337,6 +347,36 @@ def search_file(args: argparse.Namespace) -> Path:
     return args.out.parent / "results_search.json"
 
 
+def runs_file(args: argparse.Namespace) -> Path:
+    """Where the runs behind the page are kept (one file, tracked): beside the results page."""
+    return args.out.parent / "results_runs.json"
+
+
+def _published(result: dict[str, Any]) -> dict[str, Any]:
+    """A run as the runs file keeps it: its figures and its budget, not the whole recipe."""
+    kept = {k: v for k, v in result.items() if k not in ("recipe", "recipes")}
+    recipe = result.get("recipe")
+    if recipe:
+        kept["budget"] = bench_report.budget_of(recipe)
+    return kept
+
+
+def write_runs(path: Path, results: list[dict[str, Any]]) -> None:
+    runs = sorted((_published(r) for r in results), key=lambda r: r["key"])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("[\n" + ",\n".join(json.dumps(r, sort_keys=True) for r in runs) + "\n]\n")
+    os.replace(tmp, path)
+
+
+def published_runs(path: Path, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the runs file that `specs` ask for (by model, method, sparsity and seed)."""
+    if not path.is_file():
+        raise InputError(f"--report-only: no runs file {path}; run the benchmark first")
+    wanted = {(s["model"], s["method"], s["sparsity"], s["seed"]) for s in specs}
+    return [r for r in json.loads(path.read_text())
+            if (r["model"], r["method"], r["sparsity"], r["seed"]) in wanted]  # fmt: skip
+
+
 def _deadline(text: str | None) -> float | None:
     if text is None:
         return None
@@ -364,22 +404,26 @@ def main(argv: list[str] | None = None) -> int:
         search_budget = budget or [f"train.epochs={load_recipe().train.epochs}",
                                    f"sparsity.finetune_epochs={load_recipe().sparsity.finetune_epochs}"]
         run_search(args, cache, search_budget)
-    dense = {(m, "test"): str(pretrain(m, "test", cache, args.dense_epochs)) for m in args.models}
     specs = make_specs(args.models, args.methods, args.sparsities, args.seeds, "test", budget,
                        args.recipes, device=args.device)
-    for spec in specs:
-        spec["key"] = run_key(spec, load_run_recipe(spec), _dense_hash(dense[(spec["model"],
-                                                                               "test")]))
-    if args.report_only:
-        results = [json.loads((cache / f"{s['key']}.json").read_text())
-                   for s in specs if (cache / f"{s['key']}.json").is_file()]  # fmt: skip
+    if args.report_only:  # the page from the runs file alone: no training, no cache
+        results = published_runs(runs_file(args), specs)
+        dense_acc = {m: next((r["dense_accuracy"] for r in results if r["model"] == m), nan)
+                     for m in args.models}  # fmt: skip
     else:
+        dense = {(m, "test"): str(pretrain(m, "test", cache, args.dense_epochs))
+                 for m in args.models}  # fmt: skip
+        for spec in specs:
+            spec["key"] = run_key(spec, load_run_recipe(spec),
+                                  _dense_hash(dense[(spec["model"], "test")]))  # fmt: skip
         results = execute(specs, dense, cache, args.jobs, _deadline(args.deadline))
-    dense_acc = {m: bench_report.dense_accuracy(dense[(m, "test")], m) for m in args.models}
+        dense_acc = {m: bench_report.dense_accuracy(dense[(m, "test")], m) for m in args.models}
     page = bench_report.write_page(args.out, specs, results, dense_acc, command,
                                    search_file(args), args.note)  # fmt: skip
+    if not args.report_only:
+        write_runs(runs_file(args), results)
     print(page.table_text)
-    print(f"wrote {args.out} and {page.plot}")
+    print(f"wrote {args.out}, {page.plot} and {runs_file(args)}")
     return 0
 
 

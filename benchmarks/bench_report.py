@@ -310,6 +310,13 @@ def _search_section(path: Path) -> str:
             + "\n".join(rows))  # fmt: skip
 
 
+def budget_of(recipe: dict[str, Any]) -> dict[str, int]:
+    """The training budget a run's resolved recipe gives every method."""
+    return {"epochs": recipe["train"]["epochs"],
+            "finetune_epochs": recipe["sparsity"]["finetune_epochs"],
+            "batch_size": recipe["data"]["batch_size"]}  # fmt: skip
+
+
 def write_page(out: Path, specs: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
                dense: dict[str, float], command: str, search: Path,
                note: str = "") -> Page:  # fmt: skip
@@ -321,10 +328,10 @@ def write_page(out: Path, specs: Sequence[dict[str, Any]], results: Sequence[dic
     times = {m: statistics.fmean([t for (mo, me, _), c in cells.items() if me == m
                                   for t in c.seconds] or [0.0])
              for m in dict.fromkeys(s["method"] for s in specs)}  # fmt: skip
-    budget = next((r["recipe"] for r in results if r.get("recipe")), None)
-    budget_text = (f"{budget['train']['epochs']} training epochs + "
-                   f"{budget['sparsity']['finetune_epochs']} masked fine-tuning epochs, batch "
-                   f"{budget['data']['batch_size']}" if budget else "n/a")  # fmt: skip
+    budget = next((r.get("budget") or budget_of(r["recipe"]) for r in results
+                   if r.get("budget") or r.get("recipe")), None)  # fmt: skip
+    budget_text = (f"{budget['epochs']} training epochs + {budget['finetune_epochs']} masked "
+                   f"fine-tuning epochs, batch {budget['batch_size']}" if budget else "n/a")
     page = f"""# Results: accuracy against sparsity
 
 DWF (D = 2, 3, 4) against gradual magnitude pruning (GMP), one-shot magnitude pruning, random

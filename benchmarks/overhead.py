@@ -37,6 +37,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import dwfc  # noqa: E402
+from dwfc.outputs import SAFETENSORS  # noqa: E402
+from dwfc.report.schema import SparsityInfo  # noqa: E402
 from dwfc.zoo import lenet5  # noqa: E402
 
 TINY = torch.finfo(torch.float32).tiny
@@ -191,7 +193,7 @@ def subnormals(cache: Path, epochs: int) -> dict[str, Any]:
 
     from dwfc.config import load_recipe
     from dwfc.data import mnist5k
-    from dwfc.train import train_dwf
+    from dwfc.engine.trainer import train as train_method
     from dwfc.zoo import lenet_300_100
 
     dense = torch.load(_dense_lenet300(cache), weights_only=True)
@@ -213,8 +215,9 @@ def subnormals(cache: Path, epochs: int) -> dict[str, Any]:
             if event == "eval":
                 stamps.append(time.perf_counter())
 
-        train_dwf(model, loader, DataLoader(test, batch_size=1000), recipe, torch.device("cpu"),
-                  stamp)  # fmt: skip
+        names = [fw.name for fw in dwfc.factorized_weights(model)]
+        train_method(model, names, loader, DataLoader(test, batch_size=1000), recipe,
+                     torch.device("cpu"), stamp)  # fmt: skip
         epoch_s = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         factors = [f.detach() for fw in dwfc.factorized_weights(model) for f in fw.factors]
         sub = sum(int(((f != 0) & (f.abs() < TINY)).sum()) for f in factors)
@@ -292,14 +295,14 @@ def file_sizes(cache: Path) -> list[dict[str, Any]]:
                 "export.onnx=false", "train.checkpoint=false", "train.device=cpu"])  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 report = dwfc.compress(dense, Path(tmp) / "out", recipe)
-                path = Path(tmp) / "out" / "model.safetensors"
+                path = Path(tmp) / "out" / SAFETENSORS
                 size = path.stat().st_size
                 header = 8 + int.from_bytes(path.read_bytes()[:8], "little")
-            sp = report["sparsity"]
-            bound = 4 * (sp["nonzero_weights"] + sp["unfactorized_parameters"]) + sp[
-                "factorized_weights"] / 8  # fmt: skip
+            sp = report.sparsity or SparsityInfo()
+            nonzero, dense_rest = sp.nonzero_weights or 0, sp.unfactorized_parameters or 0
+            bound = 4 * (nonzero + dense_rest) + (sp.factorized_weights or 0) / 8
             rows.append({"model": model, "sparsity": sparsity, "bytes": size, "header": header,
-                         "bound": bound, "dense": 4 * sp["total_parameters"]})  # fmt: skip
+                         "bound": bound, "dense": 4 * (sp.total_parameters or 0)})  # fmt: skip
     return rows
 
 

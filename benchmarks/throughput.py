@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dwfc
-from dwfc.loop import Precision
+from dwfc.engine.device import Precision
 from dwfc.zoo import lenet5
 
 

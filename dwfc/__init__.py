@@ -9,17 +9,19 @@ Example:
 
 __version__ = "0.1.0"
 
-from .config import Recipe, load_recipe  # noqa: E402
-from .errors import DwfcError, ExportCheckError, InputError  # noqa: E402
-from .export import load_sparse, save_sparse  # noqa: E402
-from .factorize import collapse_, factorize_, factorized_weights  # noqa: E402
-from .pipeline import compress  # noqa: E402
+from dwfc.config import Recipe, load_recipe  # noqa: E402
+from dwfc.errors import DwfcError, ExportCheckError, InputError  # noqa: E402
+from dwfc.export import load_sparse, save_sparse  # noqa: E402
+from dwfc.factorize import collapse_, factorize_, factorized_weights  # noqa: E402
+from dwfc.pipeline import compress  # noqa: E402
+from dwfc.report import RunReport  # noqa: E402
 
 __all__ = [
     "DwfcError",
     "ExportCheckError",
     "InputError",
     "Recipe",
+    "RunReport",
     "__version__",
     "collapse_",
     "compress",

@@ -1,5 +1,5 @@
 """`python -m dwfc ...` and `torchrun --nproc_per_node N -m dwfc compress ...`."""
 
-from .cli import main
+from dwfc.cli import main
 
 main()

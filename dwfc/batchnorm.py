@@ -12,14 +12,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import InputError
+from dwfc.errors import InputError
 
 
 def _batchnorms(model: nn.Module) -> list[_BatchNorm]:
@@ -103,3 +103,16 @@ def recalibrate_batchnorm_(
             module.training = training
     if seen == 0:
         raise InputError("recalibrate_batchnorm_: the loader yielded no batches")
+
+
+def recalibrate_and_measure(
+    model: nn.Module, enabled: bool, train_loader: Iterable[Any], evaluate: Callable[[], float],
+    device: torch.device,
+) -> dict[str, float]:  # fmt: skip
+    """The pipeline's BatchNorm stage: when `enabled` and the model has BatchNorm, re-estimate
+    its statistics and return the accuracy (`evaluate()`) before and after; else nothing."""
+    if not (enabled and has_batchnorm(model)):
+        return {}
+    before = evaluate()
+    recalibrate_batchnorm_(model, train_loader, device)
+    return {"before_bn_recalibration": before, "after_bn_recalibration": evaluate()}

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import InputError
+from dwfc.errors import InputError, first_line
+from dwfc.layers import DEFAULT_LAYER_TYPES
 
 
 class _Section(BaseModel):
@@ -40,12 +41,6 @@ class DataConfig(_Section):
     std: list[float] | None = None
     augment: bool = False  # random crop + flip on the training split (image data sets)
     num_workers: int = Field(0, ge=0)
-
-
-DEFAULT_LAYER_TYPES = (
-    "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-    "ConvTranspose3d", "Embedding", "MultiheadAttention", "LSTM", "GRU",
-)
 
 
 class FactorizeConfig(_Section):
@@ -77,7 +72,7 @@ class TrainConfig(_Section):
 
 
 class SparsityConfig(_Section):
-    method: Literal["dwf", "gmp", "oneshot", "random", "l1"] = "dwf"  # baselines: docs/baselines.md
+    method: str = "dwf"  # a name in dwfc.methods.METHODS; baselines: docs/baselines.md
     target: float = 0.95
     eps: float = Field(1.19e-7, gt=0)  # "zero" in the paper's convention (fp32 machine epsilon)
     relative_threshold: float = Field(0.01, gt=0, lt=1)  # negligible: |w| < this * layer RMS
@@ -96,6 +91,15 @@ class SparsityConfig(_Section):
     finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after the exact cut
     finetune_lr: float = Field(0.01, ge=0)
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics after the cut
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, v: str) -> str:
+        from dwfc.methods import METHODS  # the registry imports the methods, which import this
+
+        if v not in METHODS:
+            raise ValueError(f"unknown sparsity.method '{v}': use {', '.join(METHODS)}")
+        return v
 
     @field_validator("target")
     @classmethod
@@ -160,7 +164,7 @@ def _read_yaml(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise InputError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"recipe {path} is not valid YAML: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ._atomic import atomic_path
-from .config import load_recipe
-from .data import mnist5k
-from .pipeline import compress
-from .train import Callback
-from .zoo import lenet_300_100
+from dwfc._atomic import atomic_path
+from dwfc.config import load_recipe
+from dwfc.data import mnist5k
+from dwfc.engine.trainer import Callback
+from dwfc.pipeline import compress
+from dwfc.report.schema import RunReport
+from dwfc.zoo import lenet_300_100
 
 
 def train_dense(model: nn.Module, loader: DataLoader, epochs: int = 20, lr: float = 0.05) -> None:
@@ -33,7 +33,7 @@ def train_dense(model: nn.Module, loader: DataLoader, epochs: int = 20, lr: floa
     model.eval()
 
 
-def run_demo(out_dir: Path, callback: Callback | None = None) -> tuple[dict[str, Any], str]:
+def run_demo(out_dir: Path, callback: Callback | None = None) -> tuple[RunReport, str]:
     """Pretrain LeNet-300-100 into `out_dir/pretrained`, compress it into `out_dir/compressed`.
 
     Returns the report and the `dwfc compress` command line that does the second step.

@@ -3,7 +3,8 @@
 Built on `torch.nn.utils.parametrize`: the factors become `original0 .. original{D-1}` of the
 parametrized weight, every module keeps working unchanged (it still reads `module.weight`),
 and `remove_parametrizations(..., leave_parametrized=True)` is the collapse. See
-docs/factorization.md for why this rather than a custom module.
+docs/factorization.md for why this rather than a custom module. By default `factorize_` selects
+what `dwfc compress` selects (dwfc/select.py, dwfc/layers.py).
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .errors import InputError
+from dwfc.config import FactorizeConfig
+from dwfc.errors import InputError
+from dwfc.select import PlannedWeight, plan
 
 FilterFn = Callable[[nn.Module, str], bool]
 Init = Literal["balanced", "varmatch"]
-
-DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class HadamardFactors(nn.Module):
@@ -77,11 +78,6 @@ class FactorizedWeight:
             return getattr(self.module, self.param).detach()
 
 
-def default_filter(module: nn.Module, fqn: str) -> bool:
-    """Select the weights of Linear and Conv1d/2d/3d layers (biases and norms stay dense)."""
-    return isinstance(module, DEFAULT_LAYER_TYPES)
-
-
 def _varmatch_factors(
     weight: Tensor, depth: int, generator: torch.Generator | None
 ) -> list[Tensor]:
@@ -123,11 +119,10 @@ def _named_targets(
             if module is None or not isinstance(module._parameters.get(pname), nn.Parameter):
                 raise InputError(f"'{fqn}' is not a parameter of the model")
             targets[id(module._parameters[pname])] = (fqn, module, pname)
-    else:
-        select = filter_fn or default_filter
+    elif filter_fn is not None:
         for fqn, module in model.named_modules():
             weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
-            if isinstance(weight, nn.Parameter) and select(module, fqn):
+            if isinstance(weight, nn.Parameter) and filter_fn(module, fqn):
                 name = f"{fqn}.weight" if fqn else "weight"
                 targets.setdefault(id(weight), (name, module, "weight"))
     return list(targets.values())
@@ -154,8 +149,10 @@ def factorize_(
 ) -> None:
     """Replace selected weights of `model`, in place, by a Hadamard product of `depth` factors.
 
-    `filter_fn(module, fqn)` picks modules whose `weight` is factorized (default: Linear and
-    Conv layers); `params` instead names parameters directly (any tensor, e.g.
+    By default the weights `dwfc compress` factorizes by default are selected: those of the
+    layer types in `dwfc.layers.DEFAULT_LAYER_TYPES` (Linear, convolutions, embeddings, attention
+    and recurrent projections), a shared tensor once. `filter_fn(module, fqn)` instead picks
+    modules whose `weight` is factorized; `params` names parameters directly (any tensor, e.g.
     "attn.in_proj_weight"). `init="balanced"` reproduces the current weights exactly
     (w_1 = sign(w)|w|^(1/D), w_d = |w|^(1/D)); `init="varmatch"` draws fresh factors for
     training from scratch. Create the optimizer after this call: the factors are new parameters.
@@ -169,24 +166,105 @@ def factorize_(
         raise InputError(f"depth must be an integer of at least 2, got {depth!r}")
     if init not in ("balanced", "varmatch"):
         raise InputError(f"init must be 'balanced' or 'varmatch', got {init!r}")
+    if filter_fn is None and params is None:
+        apply_plan_(model, plan(model, FactorizeConfig(depth=depth)), init, generator)
+        return
     targets = _named_targets(model, filter_fn, params)
     if not targets:
         raise InputError("no weight matched the selection: nothing to factorize")
     for name, module, pname in targets:
-        if parametrize.is_parametrized(module, pname):
-            raise InputError(f"'{name}' is already parametrized; collapse_ it first")
-        weight = module._parameters[pname]
-        hadamard = HadamardFactors(depth)
-        hadamard.parameter_order = _parameter_order(module)
-        parametrize.register_parametrization(module, pname, hadamard)
-        if init == "varmatch":
-            for factor, value in zip(
-                FactorizedWeight(name, module, pname).factors,
-                _varmatch_factors(weight.detach(), depth, generator),
-                strict=True,
-            ):
-                with torch.no_grad():
-                    factor.copy_(value)
+        _factorize_one(name, module, pname, depth, init, generator)
+
+
+def _factorize_one(
+    name: str, module: nn.Module, pname: str, depth: int, init: str,
+    generator: torch.Generator | None,
+) -> None:  # fmt: skip
+    if parametrize.is_parametrized(module, pname):
+        raise InputError(f"'{name}' is already parametrized; collapse_ it first")
+    weight = module._parameters[pname]
+    hadamard = HadamardFactors(depth)
+    hadamard.parameter_order = _parameter_order(module)
+    parametrize.register_parametrization(module, pname, hadamard)
+    if init == "varmatch":
+        for factor, value in zip(
+            FactorizedWeight(name, module, pname).factors,
+            _varmatch_factors(weight.detach(), depth, generator),
+            strict=True,
+        ):
+            with torch.no_grad():
+                factor.copy_(value)
+
+
+def _owner(modules: dict[str, nn.Module], name: str) -> tuple[nn.Module, str]:
+    owner, _, pname = name.rpartition(".")
+    return modules[owner], pname
+
+
+def _tie(alias: nn.Module, pname: str, source: nn.Module, source_name: str) -> None:
+    """Make `alias.<pname>` read `source.<source_name>` (the factorized product) on every access.
+
+    Like torch's parametrize, this swaps in a subclass with a property; `collapse_` undoes it.
+    """
+    order = list(alias._parameters)
+    del alias._parameters[pname]
+    cls = type(alias)
+    attrs = {
+        pname: property(lambda self: getattr(source, source_name)),
+        "_dwfc_tied": (pname, source, source_name, order),
+    }
+    alias.__class__ = type(f"Tied{cls.__name__}", (cls,), attrs)
+
+
+def apply_plan_(
+    model: nn.Module, planned: list[PlannedWeight], init: str = "balanced",
+    generator: torch.Generator | None = None,
+) -> None:  # fmt: skip
+    """Factorize exactly the weights of `planned`, each with its own depth, in place.
+
+    A shared (tied) tensor is factorized once, under its first name; its other names read
+    the same product, so the tie holds during training; `collapse_` makes them one parameter
+    again.
+
+    Example:
+        apply_plan_(model, plan(model, FactorizeConfig()))
+    """
+    if not planned:
+        raise InputError("the plan is empty: nothing to factorize")
+    modules = dict(model.named_modules(remove_duplicate=False))
+    by_depth: dict[int, list[PlannedWeight]] = {}
+    for pw in planned:
+        by_depth.setdefault(pw.depth, []).append(pw)
+    for depth, group in by_depth.items():
+        for pw in group:
+            _factorize_one(pw.name, *_owner(modules, pw.name), depth, init, generator)
+    for pw in planned:
+        source, source_name = _owner(modules, pw.name)
+        for alias in pw.aliases:
+            _tie(*_owner(modules, alias), source, source_name)
+
+
+def retie_(model: nn.Module) -> None:
+    """Turn each tied alias made by `apply_plan_` back into the shared parameter (`collapse_`
+    does this; a model whose factors are still there is refused).
+
+    Example:
+        apply_plan_(model, planned); ...train...; collapse_(model)  # ties restored
+    """
+    for name, module in model.named_modules():
+        while "_dwfc_tied" in type(module).__dict__:
+            pname, source, source_name, order = type(module)._dwfc_tied
+            param = source._parameters.get(source_name)
+            if not isinstance(param, nn.Parameter):
+                raise InputError(f"cannot retie '{name}.{pname}': collapse_ the model first")
+            module.__class__ = type(module).__bases__[0]
+            module.register_parameter(pname, param)
+            _restore_order(module._parameters, order)
+
+
+def _restore_order(params: dict[str, Any], order: list[str]) -> None:
+    for key in sorted(params, key=lambda n: order.index(n) if n in order else len(order)):
+        params[key] = params.pop(key)
 
 
 def factorized_weights(model: nn.Module) -> Iterator[FactorizedWeight]:
@@ -216,8 +294,8 @@ def set_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
 def collapse_(model: nn.Module) -> None:
     """Multiply every factorized weight back into one plain parameter, masks applied, in place.
 
-    After this the model has its original classes, parameter names and state_dict keys, and
-    pruned entries are exact zeros.
+    After this the model has its original classes, parameter names and state_dict keys (tied
+    weights are one parameter again), and pruned entries are exact zeros.
 
     Example:
         dwfc.factorize_(model); ...train...; dwfc.collapse_(model)
@@ -225,9 +303,8 @@ def collapse_(model: nn.Module) -> None:
     for fw in list(factorized_weights(model)):
         order = fw.parametrization.parameter_order
         parametrize.remove_parametrizations(fw.module, fw.param, leave_parametrized=True)
-        params = fw.module._parameters
-        for name in sorted(params, key=lambda n: order.index(n) if n in order else len(order)):
-            params[name] = params.pop(name)  # back to the original state_dict key order
+        _restore_order(fw.module._parameters, order)  # back to the original state_dict keys
+    retie_(model)
 
 
 def misalignment(model: nn.Module) -> float:

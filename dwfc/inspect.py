@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
-import warnings
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dwfc.errors import InputError
-from dwfc.export import FORMAT_KEY, SPARSE_KEYS_KEY, load_sparse, read_metadata
+from dwfc.errors import InputError, first_line
+from dwfc.export.sparse_file import FORMAT_KEY, SPARSE_KEYS_KEY, load_sparse, read_metadata
+from dwfc.models import find_weights
+from dwfc.models.files import PickledModule, read_model_file, sniff_format
 
-__all__ = ["format_inspection", "inspect_file"]
-
-_CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
+__all__ = ["inspect_file"]
 
 
 def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -63,43 +60,6 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(p), "format": fmt, "layers": layers, "totals": totals}
 
 
-def format_inspection(info: Mapping[str, Any]) -> str:
-    """A plain-text table of `inspect_file`'s result, one row per tensor, then the totals.
-
-    Example:
-        print(format_inspection(inspect_file("model.onnx")))
-    """
-    header = ("name", "shape", "dtype", "stored", "weights", "nonzero", "sparsity")
-    rows = [
-        (
-            r["name"],
-            "x".join(map(str, r["shape"])) or "scalar",
-            r["dtype"],
-            r["stored"],
-            f"{r['weights']:,}",
-            f"{r['nonzero']:,}",
-            f"{r['sparsity']:.2%}",
-        )
-        for r in info["layers"]
-    ]
-    t = info["totals"]
-    total = ("total", "", "", f"{t['tensors']} tensors", f"{t['weights']:,}", f"{t['nonzero']:,}",
-             f"{t['sparsity']:.2%}")  # fmt: skip
-    widths = [max(len(row[i]) for row in (header, *rows, total)) for i in range(len(header))]
-    right = {4, 5, 6}
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    title = f"{info['path']} ({info['format']}, {t['file_bytes']:,} bytes)"
-    return "\n".join([title, line(header), rule, *map(line, rows), rule, line(total)])
-
-
 # --------------------------------------------------------------------------- readers
 
 
@@ -111,8 +71,6 @@ def _kind(p: Path) -> str:
         return "onnx"
     if suffix in (".pt", ".pth", ".bin", ".ckpt", ".tar"):
         return "torch"
-    from dwfc.model_files import sniff_format
-
     fmt = sniff_format(p)
     if fmt in ("safetensors", "onnx"):
         return fmt
@@ -129,11 +87,6 @@ def _row(name: str, shape: Iterable[int], dtype: str, nonzero: int, stored: str)
     sparsity = 1.0 - nonzero / weights if weights else 0.0
     return {"name": name, "shape": shape, "dtype": dtype, "weights": weights, "nonzero": nonzero,
             "sparsity": sparsity, "stored": stored}  # fmt: skip
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -181,36 +134,21 @@ def _onnx_layers(p: Path) -> list[dict[str, Any]]:
             rows.append(_row(sp.values.name, sp.dims, str(values.dtype),
                              int(np.count_nonzero(values)), "sparse_initializer"))  # fmt: skip
     except Exception as exc:
-        raise InputError(f"{p}: not a readable ONNX model ({_line(exc)})") from None
+        raise InputError(f"{p}: not a readable ONNX model ({first_line(exc)})") from None
     return rows
 
 
 def _torch_layers(p: Path) -> list[dict[str, Any]]:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if isinstance(exc, pickle.UnpicklingError) and zipfile.is_zipfile(p):
-            raise InputError(
-                f"{p}: not a plain state dict (a pickled module or other objects); inspect "
-                "loads with weights_only=True and runs no code: save model.state_dict() instead"
-            ) from None
-        raise InputError(f"{p}: not a readable PyTorch file ({_line(exc)})") from None
-    state = _state_dict_in(obj)
-    if state is None:
-        raise InputError(f"{p}: holds a {type(obj).__name__}, not a state dict of tensors")
-    return _tensor_rows(state, {})
-
-
-def _state_dict_in(obj: Any) -> Mapping[str, Any] | None:
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return obj
-        for key in _CHECKPOINT_KEYS:
-            inner = _state_dict_in(obj.get(key)) if isinstance(obj.get(key), Mapping) else None
-            if inner is not None:
-                return inner
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj  # a mixed dict: its tensors are shown, the other entries skipped
-    return None
+        obj, _ = read_model_file(p, trust_model=False)
+    except PickledModule:
+        raise InputError(
+            f"{p}: not a plain state dict (a pickled module or other objects); inspect "
+            "loads with weights_only=True and runs no code: save model.state_dict() instead"
+        ) from None
+    found = find_weights(obj)
+    if found is not None:
+        return _tensor_rows(found[0], {})
+    if isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _tensor_rows(obj, {})  # a mixed dict: its tensors are shown, the rest skipped
+    raise InputError(f"{p}: holds a {type(obj).__name__}, not a state dict of tensors")

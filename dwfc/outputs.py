@@ -1,38 +1,75 @@
-"""The output folder: checked before any work, filled all at once after the last stage."""
+"""The output folder: the names of its files, checked before any work, filled all at once after
+the last stage. docs/cli.md's table of outputs is generated from `OUTPUT_FILES`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from ._atomic import UMASK
-from .checkpoint import CHECKPOINT_NAME
-from .errors import InputError
+from dwfc._atomic import UMASK
+from dwfc.errors import InputError, OutputError
 
-OUTPUT_FILES = (
-    "model.safetensors", "model.onnx", "model.sparse.onnx", "report.json", "report.md",
-    "recipe.yaml", "layer_sparsity.png", "training.png",
+SAFETENSORS = "model.safetensors"
+ONNX = "model.onnx"
+SPARSE_ONNX = "model.sparse.onnx"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+LAYER_PLOT = "layer_sparsity.png"
+TRAINING_PLOT = "training.png"
+RECIPE = "recipe.yaml"
+CHECKPOINT = "checkpoint.pt"
+
+OUTPUT_FILES: tuple[tuple[str, str], ...] = (
+    (SAFETENSORS, "the sparse weights in the sparse-bitmask layout ([format.md](format.md)); "
+     "`dwfc.load_sparse` restores them"),
+    (ONNX, "the compressed model as dense ONNX; passes `onnx.checker` and matches PyTorch in "
+     "onnxruntime"),
+    (SPARSE_ONNX, "the same model with sparse initializers, written only when smaller than "
+     f"`{ONNX}`; onnxruntime expands them to dense on load: it saves disk, not memory"),
+    (REPORT_JSON, "everything measured: sparsity, accuracy at each stage, per-layer counts, file "
+     "sizes, hashes, timing, training history, warnings, quality gates "
+     "([report-schema.md](report-schema.md))"),
+    (REPORT_MD, "the same as a readable report, with the two plots"),
+    (LAYER_PLOT, "the sparsity of each layer"),
+    (TRAINING_PLOT, "accuracy, sparsity and lambda over the epochs"),
+    (RECIPE, f"the fully resolved recipe: `dwfc compress MODEL --recipe {RECIPE}` reruns it"),
+    (CHECKPOINT, "during training only: saved after every epoch for `--resume`, removed when "
+     "the run finishes"),
 )  # fmt: skip
+MODEL_FILES = (SAFETENSORS, ONNX, SPARSE_ONNX)  # their sizes are in the report
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse an --out that is a file, or holds earlier results, unless asked to replace them."""
+    """Refuse an out_dir that is a file, or holds earlier results, unless asked to replace them."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a directory")
-    checkpoint = out / CHECKPOINT_NAME
+        raise InputError(f"out_dir {out} exists and is not a directory")
+    checkpoint = out / CHECKPOINT
     if resume:
         if not checkpoint.is_file():
-            raise InputError(f"--resume: no checkpoint in {out} ({CHECKPOINT_NAME} not found)")
+            raise InputError(f"resume=True: no checkpoint in {out} ({CHECKPOINT} not found)")
         return
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        hint = "--resume to continue or " if checkpoint.is_file() else ""
-        raise InputError(f"--out {out} is not empty: pass {hint}--overwrite, or choose another")
+        hint = "resume=True to continue or " if checkpoint.is_file() else ""
+        raise InputError(
+            f"out_dir {out} is not empty: pass {hint}overwrite=True, or choose another"
+        )
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise InputError(f"cannot write to --out {out}: {existing} is not a directory")
+        raise InputError(f"cannot write to out_dir {out}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to --out {out}: {existing} is not writable")
+        raise InputError(f"cannot write to out_dir {out}: {existing} is not writable")
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """A failed write (disk full, permissions) is one line naming out_dir, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write the outputs to {out}: {exc.strerror or exc}") from None
 
 
 def make_staging(out: Path) -> Path:
@@ -43,7 +80,7 @@ def make_staging(out: Path) -> Path:
         staging.chmod(0o777 & ~UMASK)  # mkdtemp makes it 0700; it becomes the output folder
         return staging
     except OSError as exc:
-        raise InputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot write to out_dir {out}: {exc.strerror or exc}") from None
 
 
 def publish(staging: Path, out: Path) -> None:
@@ -54,18 +91,19 @@ def publish(staging: Path, out: Path) -> None:
     if not out.exists():
         os.replace(staging, out)
         return
-    for name in OUTPUT_FILES:
-        (out / name).unlink(missing_ok=True)
+    for name, _ in OUTPUT_FILES:
+        if name != CHECKPOINT:
+            (out / name).unlink(missing_ok=True)
     for item in staging.iterdir():
         os.replace(item, out / item.name)
     staging.rmdir()
-    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    (out / CHECKPOINT).unlink(missing_ok=True)
 
 
 def file_sizes(folder: Path, total_params: int) -> dict[str, int]:
     """Bytes of each model file, and of the same parameters stored densely in fp32."""
     sizes = {"dense_fp32_bytes": 4 * total_params}
-    for name in ("model.safetensors", "model.onnx", "model.sparse.onnx"):
+    for name in MODEL_FILES:
         if (folder / name).exists():
             sizes[name] = (folder / name).stat().st_size
     return sizes

@@ -1,11 +1,10 @@
 """Which weights get factorized: layer types, include/exclude patterns and per-pattern depth.
 
-`plan(model, cfg)` resolves a `FactorizeConfig` into the exact list of weights (the `--dry-run`
-table); `apply_plan_` factorizes them. Rules and pattern syntax: docs/selection.md.
+`plan(model, cfg)` resolves a `FactorizeConfig` into the exact list of weights (`dwfc plan`);
+`dwfc.factorize.apply_plan_` factorizes them. Rules and pattern syntax: docs/selection.md.
 
 Example:
     planned = plan(model, FactorizeConfig(exclude=["re:^fc\\d"], depth_overrides={"conv*": 4}))
-    print(format_plan(planned, model))
     apply_plan_(model, planned)
 """
 
@@ -18,20 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
-from .config import FactorizeConfig
-from .errors import InputError
-from .factorize import factorize_
+from dwfc.config import FactorizeConfig
+from dwfc.errors import InputError
+from dwfc.layers import resolve_types, weights_of
 
-# Normalisation layers: their parameters are never factorized, even when listed.
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    _NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.RMSNorm,
-)
 _TYPE_PREFIX = "type:"
 _RE_PREFIX = "re:"
 
@@ -64,47 +54,19 @@ class _Candidate:
     param: nn.Parameter
 
 
-def _resolve_types(type_names: Iterable[str]) -> list[tuple[str, type[nn.Module]]]:
-    resolved = []
-    for name in type_names:
-        cls = getattr(nn, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise InputError(f"unknown layer type '{name}': expected a torch.nn class name")
-        if issubclass(cls, _NORM_TYPES):
-            raise InputError(f"layer type '{name}' is a normalisation layer: never factorized")
-        resolved.append((name, cls))
-    return resolved
-
-
-def _weights_of(module: nn.Module) -> list[str]:
-    """Names of `module`'s own weight tensors that DWF factorizes (never biases or 1-D)."""
-    params = module._parameters
-    if isinstance(module, nn.MultiheadAttention):
-        names = ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"]
-    elif isinstance(module, nn.RNNBase):
-        names = [n for n in module._flat_weights_names if n.startswith("weight_")]
-    else:
-        names = ["weight"]
-    return [n for n in names if isinstance(params.get(n), nn.Parameter) and params[n].dim() >= 2]
-
-
 def _class_names(module: nn.Module) -> frozenset[str]:
     return frozenset(c.__name__ for c in type(module).__mro__ if issubclass(c, nn.Module))
 
 
 def _candidates(model: nn.Module, type_names: Iterable[str]) -> list[_Candidate]:
     """Every selectable weight in module order; a shared tensor only under its first name."""
-    types = _resolve_types(type_names)
+    types = resolve_types(type_names)
     found: dict[int, _Candidate] = {}
     for fqn, module in model.named_modules(remove_duplicate=False):
         type_name = next((n for n, cls in types if isinstance(module, cls)), None)
         if type_name is None:
             continue
-        owned = [(fqn, module, pname) for pname in _weights_of(module)]
-        if isinstance(module, nn.MultiheadAttention):
-            # out_proj is a Linear subclass: it belongs to the attention layer listed here.
-            owned += [(f"{fqn}.out_proj" if fqn else "out_proj", module.out_proj, "weight")]
-        for owner_fqn, owner, pname in owned:
+        for owner_fqn, owner, pname in weights_of(fqn, module):
             param = owner._parameters.get(pname)
             if isinstance(param, nn.Parameter) and id(param) not in found:
                 name = f"{owner_fqn}.{pname}" if owner_fqn else pname
@@ -195,69 +157,6 @@ def plan(model: nn.Module, cfg: FactorizeConfig) -> list[PlannedWeight]:
     return planned
 
 
-def _owner(modules: dict[str, nn.Module], name: str) -> tuple[nn.Module, str]:
-    owner, _, pname = name.rpartition(".")
-    return modules[owner], pname
-
-
-def _tie(alias: nn.Module, pname: str, source: nn.Module, source_name: str) -> None:
-    """Make `alias.<pname>` read `source.<source_name>` (the factorized product) on every access.
-
-    Like torch's parametrize, this swaps in a subclass with a property; `retie_` undoes it.
-    """
-    order = list(alias._parameters)
-    del alias._parameters[pname]
-    cls = type(alias)
-    attrs = {
-        pname: property(lambda self: getattr(source, source_name)),
-        "_dwfc_tied": (pname, source, source_name, order),
-    }
-    alias.__class__ = type(f"Tied{cls.__name__}", (cls,), attrs)
-
-
-def apply_plan_(model: nn.Module, planned: list[PlannedWeight], init: str = "balanced") -> None:
-    """Factorize exactly the weights of `planned`, each with its own depth, in place.
-
-    A shared (tied) tensor is factorized once, under its first name; its other names read
-    the same product, so the tie holds during training. After `collapse_`, call `retie_` to
-    make them one parameter again.
-
-    Example:
-        apply_plan_(model, plan(model, FactorizeConfig()))
-    """
-    if not planned:
-        raise InputError("the plan is empty: nothing to factorize")
-    by_depth: dict[int, list[str]] = {}
-    for pw in planned:
-        by_depth.setdefault(pw.depth, []).append(pw.name)
-    for depth, names in by_depth.items():
-        factorize_(model, depth=depth, params=names, init=init)  # type: ignore[arg-type]
-    modules = dict(model.named_modules(remove_duplicate=False))
-    for pw in planned:
-        source, source_name = _owner(modules, pw.name)
-        for alias in pw.aliases:
-            _tie(*_owner(modules, alias), source, source_name)
-
-
-def retie_(model: nn.Module) -> None:
-    """After `collapse_`, turn each tied alias made by `apply_plan_` back into the shared parameter.
-
-    Example:
-        apply_plan_(model, planned); ...train...; collapse_(model); retie_(model)
-    """
-    for name, module in model.named_modules():
-        while "_dwfc_tied" in type(module).__dict__:
-            pname, source, source_name, order = type(module)._dwfc_tied
-            param = source._parameters.get(source_name)
-            if not isinstance(param, nn.Parameter):
-                raise InputError(f"cannot retie '{name}.{pname}': collapse_ the model first")
-            module.__class__ = type(module).__bases__[0]
-            module.register_parameter(pname, param)
-            params = module._parameters
-            for key in sorted(params, key=lambda n: order.index(n) if n in order else len(order)):
-                params[key] = params.pop(key)
-
-
 def _total_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -288,33 +187,3 @@ def plan_summary(planned: list[PlannedWeight], model: nn.Module) -> dict[str, An
         "unfactorized_parameters": total - factorized,
         "factorized_share": factorized / total if total else 0.0,
     }
-
-
-def format_plan(planned: list[PlannedWeight], model: nn.Module) -> str:
-    """A plain-text table of the plan (name, type, shape, weights, depth) with totals.
-
-    Example:
-        print(format_plan(plan(model, FactorizeConfig()), model))
-    """
-    rows = [("name", "type", "shape", "weights", "depth")]
-    for pw in planned:
-        name = pw.name + (f" (= {', '.join(pw.aliases)})" if pw.aliases else "")
-        shape = "x".join(str(d) for d in pw.shape)
-        rows.append((name, pw.module_type, shape, f"{pw.numel:,}", str(pw.depth)))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    right = (False, False, False, True, True)
-    lines = []
-    for row in rows:
-        cells = [
-            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    s = plan_summary(planned, model)
-    lines += [
-        "",
-        f"factorized: {s['factorized_tensors']} tensors, {s['factorized_weights']:,} weights "
-        f"of {s['total_parameters']:,} parameters ({100 * s['factorized_share']:.1f}%); "
-        f"{s['unfactorized_parameters']:,} stay dense",
-    ]
-    return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .factorize import factorized_weights
+from dwfc.factorize import factorized_weights
 
 
 @dataclass

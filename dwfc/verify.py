@@ -29,30 +29,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dwfc.errors import DwfcError, InputError
-from dwfc.export import (
+from dwfc.config import ExportConfig, Recipe
+from dwfc.engine.loop import evaluate
+from dwfc.errors import DwfcError, InputError, VerificationError, first_line
+from dwfc.export.runtime import max_abs_diff, onnx_accuracy, onnx_outputs
+from dwfc.export.sparse_file import (
     HASHES_KEY,
     SPARSE_KEYS_KEY,
-    SPARSE_ONNX_FILE,
+    SPARSITY_KEY,
     load_sparse,
-    onnx_accuracy,
-    onnx_outputs,
     read_metadata,
     tensor_digests,
 )
+from dwfc.outputs import ONNX, RECIPE, REPORT_JSON, SAFETENSORS, SPARSE_ONNX
+from dwfc.report.schema import AccuracyInfo, OnnxInfo, RunReport
 
-__all__ = ["VerificationError", "format_verification", "raise_for_failures", "verify_run"]
+__all__ = ["raise_for_failures", "verify_run"]
 
 _CHECKS = ("report", "files", "safetensors", "hashes", "sparsity", "model", "onnx", "sparse_onnx",
            "accuracy")  # fmt: skip
 _SEED = 0
 _SPARSE_VS_DENSE_ONNX = 1e-6
-
-
-class VerificationError(DwfcError):
-    """`dwfc verify` found a mismatch between an output folder's files and its report."""
-
-    exit_code = 6
 
 
 class _Skip(Exception):
@@ -71,23 +68,24 @@ class _Run:
     data_source: str | None
     batch_size: int
     acc_tol: float
-    report: dict[str, Any] = field(default_factory=dict)
+    report: RunReport = field(default_factory=RunReport)
     meta: dict[str, str] = field(default_factory=dict)
     state: dict[str, torch.Tensor] | None = None
     model: nn.Module | None = None
-    recipe: Any = None
+    recipe: Recipe | None = None
     eval_set: Dataset | None = None
     batch: torch.Tensor | None = None
     onnx_out: np.ndarray | None = None
 
-    def onnx_info(self) -> dict[str, Any]:
-        info = self.report.get("onnx")
-        return info if isinstance(info, dict) else {}
+    @property
+    def onnx(self) -> OnnxInfo:
+        return self.report.onnx or OnnxInfo()
 
     def expects(self, name: str) -> bool:
         """Whether the run says it wrote ONNX file `name`, or the file is there anyway."""
-        info = self.onnx_info()
-        recorded = info.get("sparse_variant") == name if name == SPARSE_ONNX_FILE else bool(info)
+        onnx = self.onnx
+        recorded = onnx.sparse_variant == name if name == SPARSE_ONNX else bool(
+            onnx.model_fields_set)
         return recorded or (self.out / name).exists()
 
 
@@ -127,7 +125,7 @@ def verify_run(
         except (_Fail, DwfcError) as exc:
             checks.append(_row(name, "failed", str(exc)))
         except Exception as exc:  # an unreadable file surfaces here; name it, keep checking
-            checks.append(_row(name, "failed", f"{type(exc).__name__}: {_line(exc)}"))
+            checks.append(_row(name, "failed", f"{type(exc).__name__}: {first_line(exc)}"))
     failures = [c["check"] for c in checks if not c["ok"]]
     return {"out_dir": str(out), "ok": not failures, "failures": failures, "checks": checks}
 
@@ -147,20 +145,6 @@ def raise_for_failures(result: dict[str, Any]) -> None:
         )
 
 
-def format_verification(result: dict[str, Any]) -> str:
-    """Plain-text lines, one per check, for the CLI.
-
-    Example:
-        print(format_verification(verify_run("runs/lenet")))
-    """
-    width = max(len(c["check"]) for c in result["checks"])
-    lines = [
-        f"{c['status'].upper():7}  {c['check']:{width}}  {c['detail']}" for c in result["checks"]
-    ]
-    verdict = "verified" if result["ok"] else f"FAILED: {', '.join(result['failures'])}"
-    return "\n".join([*lines, f"{result['out_dir']}: {verdict}"])
-
-
 # --------------------------------------------------------------------------- checks
 
 
@@ -168,33 +152,31 @@ def _row(check: str, status: str, detail: str) -> dict[str, Any]:
     return {"check": check, "ok": status != "failed", "status": status, "detail": detail}
 
 
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _check_report(run: _Run) -> str:
-    path = run.out / "report.json"
+    path = run.out / REPORT_JSON
     if not path.is_file():
-        raise _Fail("report.json is missing")
+        raise _Fail(f"{REPORT_JSON} is missing")
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise _Fail(f"report.json is not valid JSON ({_line(exc)})") from None
-    if not isinstance(report, dict):
-        raise _Fail(f"report.json holds a {type(report).__name__}, not an object")
-    run.report = report
-    return f"dwfc {report.get('dwfc_version', '?')}, created {report.get('created', '?')}"
+        raise _Fail(f"{REPORT_JSON} is not valid JSON ({first_line(exc)})") from None
+    if not isinstance(raw, dict):
+        raise _Fail(f"{REPORT_JSON} holds a {type(raw).__name__}, not an object")
+    try:
+        run.report = RunReport.from_dict(raw)
+    except InputError as exc:
+        raise _Fail(f"{REPORT_JSON} is not a dwfc report: {exc}") from None
+    return f"dwfc {run.report.dwfc_version or '?'}, created {run.report.created or '?'}"
 
 
 def _check_files(run: _Run) -> str:
-    wanted = ["model.safetensors", "report.json", "recipe.yaml"]
-    wanted += ["model.onnx"] if run.expects("model.onnx") else []
-    wanted += [SPARSE_ONNX_FILE] if run.expects(SPARSE_ONNX_FILE) else []
+    wanted = [SAFETENSORS, REPORT_JSON, RECIPE]
+    wanted += [ONNX] if run.expects(ONNX) else []
+    wanted += [SPARSE_ONNX] if run.expects(SPARSE_ONNX) else []
     missing = [name for name in wanted if not (run.out / name).is_file()]
     if missing:
         raise _Fail(f"missing {', '.join(missing)}")
-    sizes = run.report.get("files") if isinstance(run.report.get("files"), dict) else {}
+    sizes = run.report.files
     wrong = [
         f"{name} is {(run.out / name).stat().st_size} bytes, report says {size}"
         for name, size in sizes.items()
@@ -206,9 +188,9 @@ def _check_files(run: _Run) -> str:
 
 
 def _check_safetensors(run: _Run) -> str:
-    path = run.out / "model.safetensors"
+    path = run.out / SAFETENSORS
     if not path.is_file():
-        raise _Skip("model.safetensors is missing")
+        raise _Skip(f"{SAFETENSORS} is missing")
     run.state = load_sparse(path)
     run.meta = read_metadata(path)
     sparse = _json_meta(run.meta, SPARSE_KEYS_KEY) or []
@@ -221,18 +203,18 @@ def _json_meta(meta: dict[str, str], key: str) -> Any:
     try:
         return json.loads(meta[key])
     except (ValueError, RecursionError):
-        raise _Fail(f"model.safetensors metadata {key} is not valid JSON") from None
+        raise _Fail(f"{SAFETENSORS} metadata {key} is not valid JSON") from None
 
 
 def _check_hashes(run: _Run) -> str:
     if run.state is None:
-        raise _Skip("model.safetensors did not load")
-    recorded = run.report.get("hashes")
-    if not isinstance(recorded, dict):
-        raise _Fail('report.json records no tensor hashes ("hashes")')
+        raise _Skip(f"{SAFETENSORS} did not load")
+    recorded = run.report.hashes
+    if recorded is None:
+        raise _Fail(f'{REPORT_JSON} records no tensor hashes ("hashes")')
     in_file = _json_meta(run.meta, HASHES_KEY)
     if in_file is not None and in_file != recorded:
-        raise _Fail(f"the {HASHES_KEY} metadata of model.safetensors differs from report.json")
+        raise _Fail(f"the {HASHES_KEY} metadata of {SAFETENSORS} differs from {REPORT_JSON}")
     actual = tensor_digests(run.state)
     problems = [f"{k} (hash differs)" for k in actual if k in recorded and actual[k] != recorded[k]]
     problems += [f"{k} (not recorded)" for k in actual if k not in recorded]
@@ -249,24 +231,24 @@ def _listing(items: list[str], shown: int = 3) -> str:
 
 def _check_sparsity(run: _Run) -> str:
     if run.state is None:
-        raise _Skip("model.safetensors did not load")
-    layers, summary = run.report.get("layers"), run.report.get("sparsity")
-    if not isinstance(layers, list) or not isinstance(summary, dict):
-        raise _Fail('report.json has no "layers" list or "sparsity" summary')
+        raise _Skip(f"{SAFETENSORS} did not load")
+    layers, summary = run.report.layers, run.report.sparsity
+    if "layers" not in run.report.model_fields_set or summary is None:
+        raise _Fail(f'{REPORT_JSON} has no "layers" list or "sparsity" summary')
     problems, weights, nonzero = [], 0, 0
     for row in layers:
-        name = row.get("name") if isinstance(row, dict) else None
+        name = row.name
         if name not in run.state:
-            problems.append(f"layer {name!r} is not in model.safetensors")
+            problems.append(f"layer {name!r} is not in {SAFETENSORS}")
             continue
         t = run.state[name]
         actual = {"shape": list(t.shape), "weights": t.numel(), "nonzero": int(t.count_nonzero())}
         actual["sparsity"] = 1.0 - actual["nonzero"] / actual["weights"] if t.numel() else 0.0
         weights, nonzero = weights + actual["weights"], nonzero + actual["nonzero"]
         problems += [
-            f"{name} {key} is {value}, report says {row.get(key)}"
+            f"{name} {key} is {value}, report says {getattr(row, key)}"
             for key, value in actual.items()
-            if not _same(value, row.get(key))
+            if not _same(value, getattr(row, key))
         ]
     overall = {
         "factorized_weights": weights,
@@ -274,16 +256,14 @@ def _check_sparsity(run: _Run) -> str:
         "achieved": 1.0 - nonzero / weights if weights else 0.0,
     }
     for source, recorded in (
-        ("report", summary),
-        ("metadata", _json_meta(run.meta, "dwfc.sparsity")),
+        ("report", summary.model_dump(exclude_unset=True)),
+        ("metadata", _json_meta(run.meta, SPARSITY_KEY)),
     ):
         for key, value in overall.items() if isinstance(recorded, dict) else ():
             if key in recorded and not _same(value, recorded[key]):
                 problems.append(f"sparsity {key} is {value}, {source} says {recorded[key]}")
     sparse_keys = _json_meta(run.meta, SPARSE_KEYS_KEY)
-    if sparse_keys is not None and set(sparse_keys) != {
-        r.get("name") for r in layers if isinstance(r, dict)
-    }:
+    if sparse_keys is not None and set(sparse_keys) != {r.name for r in layers}:
         problems.append("the layers stored sparse are not the layers the report lists")
     if problems:
         raise _Fail(_listing(problems))
@@ -300,11 +280,11 @@ def _check_model(run: _Run) -> str:
     from dwfc.config import load_recipe
     from dwfc.models import build_model
 
-    if not (run.out / "recipe.yaml").is_file():
-        raise _Fail("recipe.yaml is missing")
-    run.recipe = load_recipe(str(run.out / "recipe.yaml"))
+    if not (run.out / RECIPE).is_file():
+        raise _Fail(f"{RECIPE} is missing")
+    run.recipe = load_recipe(str(run.out / RECIPE))
     if run.state is None:
-        raise _Skip("model.safetensors did not load")
+        raise _Skip(f"{SAFETENSORS} did not load")
     arch = run.recipe.model.arch
     if arch is None:
         raise _Skip("the run compressed a whole pickled module: no architecture to rebuild")
@@ -312,7 +292,7 @@ def _check_model(run: _Run) -> str:
     try:
         model.load_state_dict(run.state, strict=True)
     except RuntimeError as exc:
-        raise _Fail(f"{arch} does not load model.safetensors: {_line(exc)}") from None
+        raise _Fail(f"{arch} does not load {SAFETENSORS}: {first_line(exc)}") from None
     run.model = model.to("cpu").eval()
     return f"{arch} rebuilt, weights loaded strictly"
 
@@ -320,9 +300,8 @@ def _check_model(run: _Run) -> str:
 def _eval_set(run: _Run) -> Dataset:
     from dwfc.data import load_data, load_data_config
 
-    if run.eval_set is None:
-        assert run.data_source is not None
-        data = getattr(run.recipe, "data", None)
+    if run.eval_set is None and run.data_source is not None:
+        data = run.recipe.data if run.recipe is not None else None
         if data is None:
             _, run.eval_set = load_data(run.data_source)
         elif data.source.strip().lower() == run.data_source.strip().lower():
@@ -341,11 +320,12 @@ def _input_batch(run: _Run, path: Path) -> torch.Tensor:
         x, _ = next(iter(DataLoader(_eval_set(run), batch_size=run.batch_size)))
         run.batch = torch.as_tensor(x, dtype=torch.float32)
         return run.batch
-    shape = run.report.get("input_shape")
-    if not isinstance(shape, list):  # fall back to the ONNX graph: only the batch is dynamic
+    shape = run.report.input_shape
+    if shape is None:  # fall back to the ONNX graph: only the batch is dynamic
         dims = _onnx_input_dims(path)
         if not all(isinstance(d, int) for d in dims):
-            raise _Fail('no input shape: report.json has no "input_shape", ONNX input is dynamic')
+            raise _Fail(f'no input shape: {REPORT_JSON} has no "input_shape", ONNX input is '
+                        "dynamic")  # fmt: skip
         shape = dims
     generator = torch.Generator().manual_seed(_SEED)
     run.batch = torch.randn(run.batch_size, *shape, generator=generator)
@@ -358,7 +338,7 @@ def _ort_outputs(path: Path, run: _Run) -> tuple[np.ndarray, torch.Tensor]:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise _Fail(f"{path.name} fails onnx.checker: {_line(exc)}") from None
+        raise _Fail(f"{path.name} fails onnx.checker: {first_line(exc)}") from None
     batch = _input_batch(run, path)
     return onnx_outputs(path, batch), batch
 
@@ -370,16 +350,10 @@ def _onnx_input_dims(path: Path) -> list[Any]:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims[1:]]
 
 
-def _max_diff(a: np.ndarray, b: np.ndarray, what: str) -> float:
-    if a.shape != b.shape:
-        raise _Fail(f"{what}: output shapes {a.shape} and {b.shape} differ")
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-
-
 def _check_onnx(run: _Run) -> str:
-    if not run.expects("model.onnx"):
+    if not run.expects(ONNX):
         raise _Skip("the run wrote no ONNX model (export.onnx was off)")
-    got, batch = _ort_outputs(run.out / "model.onnx", run)
+    got, batch = _ort_outputs(run.out / ONNX, run)
     run.onnx_out = got
     if run.model is None:
         return (
@@ -387,44 +361,44 @@ def _check_onnx(run: _Run) -> str:
         )
     with torch.no_grad():
         want = run.model(batch).numpy()
-    diff = _max_diff(got, want, "model.onnx vs PyTorch")
-    tolerance = float(run.onnx_info().get("tolerance", 1e-4))
+    diff = max_abs_diff(got, want, f"{ONNX} vs PyTorch")
+    tolerance = run.onnx.tolerance
+    if tolerance is None:
+        tolerance = ExportConfig().parity_tolerance
     if not diff <= tolerance:
         raise _Fail(f"onnxruntime differs from PyTorch by {diff:.3g} (tolerance {tolerance:g})")
     return f"passes onnx.checker; max |onnxruntime - PyTorch| {diff:.3g} <= {tolerance:g}"
 
 
 def _check_sparse_onnx(run: _Run) -> str:
-    if not run.expects(SPARSE_ONNX_FILE):
-        raise _Skip(f"no {SPARSE_ONNX_FILE} (it is written only when smaller)")
-    got, _ = _ort_outputs(run.out / SPARSE_ONNX_FILE, run)
-    dense = (
-        run.onnx_out if run.onnx_out is not None else _ort_outputs(run.out / "model.onnx", run)[0]
-    )
-    diff = _max_diff(got, dense, f"{SPARSE_ONNX_FILE} vs model.onnx")
+    if not run.expects(SPARSE_ONNX):
+        raise _Skip(f"no {SPARSE_ONNX} (it is written only when smaller)")
+    got, _ = _ort_outputs(run.out / SPARSE_ONNX, run)
+    dense = run.onnx_out if run.onnx_out is not None else _ort_outputs(run.out / ONNX, run)[0]
+    diff = max_abs_diff(got, dense, f"{SPARSE_ONNX} vs {ONNX}")
     if not diff <= _SPARSE_VS_DENSE_ONNX:
-        raise _Fail(f"{SPARSE_ONNX_FILE} differs from model.onnx by {diff:.3g}")
+        raise _Fail(f"{SPARSE_ONNX} differs from {ONNX} by {diff:.3g}")
     return f"passes onnx.checker; max |sparse - dense ONNX| {diff:.3g}"
 
 
 def _check_accuracy(run: _Run) -> str:
     if run.data_source is None:
         raise _Skip("no data given to re-measure accuracy")
-    recorded = run.report.get("accuracy") if isinstance(run.report.get("accuracy"), dict) else {}
+    recorded = run.report.accuracy or AccuracyInfo()
     loader = DataLoader(_eval_set(run), batch_size=_eval_batch_size(run))
     measured: dict[str, float] = {}
-    if run.model is not None:
-        measured["compressed_pytorch"] = _accuracy(run.model, loader)
-    if run.expects("model.onnx") and (run.out / "model.onnx").is_file():
-        measured["compressed_onnxruntime"] = onnx_accuracy(run.out / "model.onnx", loader)
+    if run.model is not None:  # in fp32 on the CPU, as the pipeline measures there
+        measured["compressed_pytorch"] = evaluate(run.model, loader, torch.device("cpu"))
+    if run.expects(ONNX) and (run.out / ONNX).is_file():
+        measured["compressed_onnxruntime"] = onnx_accuracy(run.out / ONNX, loader)
     if not measured:
         raise _Skip("neither a rebuilt model nor an ONNX model to measure")
     problems = []
     for key, value in measured.items():
-        want = recorded.get(key)
-        if not isinstance(want, (int, float)) or abs(value - want) > run.acc_tol:
+        want = getattr(recorded, key)
+        if want is None or abs(value - want) > run.acc_tol:
             problems.append(f"{key} is {value:.6g}, report says {want}")
-    device, precision = run.report.get("device", "cpu"), run.report.get("precision", "fp32")
+    device, precision = run.report.device or "cpu", run.report.precision or "fp32"
     if problems and (device != "cpu" or precision != "fp32"):
         problems.append(f"the run measured on {device} in {precision}: allow a tolerance")
     if problems:
@@ -433,16 +407,4 @@ def _check_accuracy(run: _Run) -> str:
 
 
 def _eval_batch_size(run: _Run) -> int:
-    data = getattr(run.recipe, "data", None)
-    return int(getattr(data, "eval_batch_size", run.batch_size))
-
-
-def _accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy in fp32 on CPU, computed as the pipeline's evaluate does."""
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            hits = model(x).topk(1, dim=1).indices.squeeze(1) == y
-            correct += int(hits.sum())
-            total += y.numel()
-    return correct / total if total else 0.0
+    return run.recipe.data.eval_batch_size if run.recipe is not None else run.batch_size

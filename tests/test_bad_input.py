@@ -12,6 +12,7 @@ from test_cli import ARCH, assert_one_line_error
 from typer.testing import CliRunner
 
 import dwfc
+import dwfc.export.stage
 import dwfc.pipeline
 from dwfc.cli import app
 
@@ -116,7 +117,7 @@ def test_ctrl_c_during_export_leaves_nothing(monkeypatch, out, state_dict_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dwfc.pipeline, "export_onnx", interrupted)
+    monkeypatch.setattr(dwfc.export.stage, "export_onnx", interrupted)
     result = run("compress", state_dict_path, "--arch", ARCH, "--out", out, *TINY)
     assert result.exit_code == 130
     assert "Traceback" not in result.output
@@ -185,7 +186,7 @@ def test_top5_is_reported_for_more_than_ten_classes(tmp_path):
         model, tmp_path / "out",
         dwfc.load_recipe("default", [f"model.arch={ARCH}", "model.arch_kwargs.num_classes=20",
                                      "data.source=data_factories:twenty_classes", *TINY]),
-    )  # fmt: skip
+    ).to_dict()  # fmt: skip
     acc = report["accuracy"]
     assert acc["compressed_pytorch_top5"] >= acc["compressed_pytorch"]
     assert acc["original_top5"] >= acc["original"]

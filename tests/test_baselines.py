@@ -1,4 +1,5 @@
-"""Tests for the pruning baselines: exact sparsity, fixed masks, the GMP schedule, the pipeline."""
+"""Tests for the pruning baselines: exact sparsity, fixed masks, the GMP schedule, the pipeline,
+and what running in the one engine gives them: plain weights, restarts, checkpoints."""
 
 from __future__ import annotations
 
@@ -11,21 +12,25 @@ from synthetic import loaders, mlp
 from torch import nn
 
 import dwfc
-from dwfc.baselines import METHODS, gmp_sparsity, random_masks, train_baseline
 from dwfc.config import Recipe, load_recipe
+from dwfc.engine.trainer import train
 from dwfc.errors import InputError
+from dwfc.methods import METHODS, method_class
+from dwfc.methods.gmp import gmp_sparsity
+from dwfc.methods.random import random_masks
 
 TINY = ["train.epochs=4", "sparsity.finetune_epochs=2", "train.log_every=2", "train.lr=0.05"]
 NAMES = ["0.weight", "2.weight"]
 CPU = torch.device("cpu")
+BASELINES = [name for name, cls in METHODS.items() if cls.trains == "weights"]
 
 
 def _run(method: str, target: float, extra: tuple[str, ...] = (), callback=None):
-    train, test = loaders()
+    train_loader, test = loaders()
     model = mlp()
     recipe = load_recipe("default", [*TINY, f"sparsity.method={method}",
                                      f"sparsity.target={target}", *extra])  # fmt: skip
-    outcome = train_baseline(method, NAMES, model, train, test, recipe, CPU, callback)
+    outcome = train(model, NAMES, train_loader, test, recipe, CPU, callback)
     return model, outcome
 
 
@@ -34,7 +39,7 @@ def _zeros(model: nn.Module) -> tuple[int, int]:
     return sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BASELINES)
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.97])
 def test_each_baseline_hits_the_target_exactly(method: str, target: float) -> None:
     model, outcome = _run(method, target)
@@ -45,7 +50,7 @@ def test_each_baseline_hits_the_target_exactly(method: str, target: float) -> No
     assert all(0.0 <= a <= 1.0 for a in outcome.accuracy.values())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BASELINES)
 def test_masks_stay_fixed_during_masked_fine_tuning(method: str) -> None:
     model = mlp()
     captured: dict[str, torch.Tensor] = {}
@@ -54,10 +59,10 @@ def test_masks_stay_fixed_during_masked_fine_tuning(method: str) -> None:
         if event == "cut":
             captured.update({n: model.get_parameter(n).detach().clone() for n in NAMES})
 
-    train, test = loaders()
+    train_loader, test = loaders()
     recipe = load_recipe("default", [*TINY, f"sparsity.method={method}", "sparsity.target=0.8",
                                      "sparsity.finetune_lr=0.05"])  # fmt: skip
-    train_baseline(method, NAMES, model, train, test, recipe, CPU, remember_cut)
+    train(model, NAMES, train_loader, test, recipe, CPU, remember_cut)
     assert set(captured) == set(NAMES)
     for name in NAMES:
         after, at_cut = model.get_parameter(name).detach(), captured[name]
@@ -101,20 +106,18 @@ def test_random_masks_are_seeded_and_exact() -> None:
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_unknown_method_and_resume_are_refused() -> None:
-    train, test = loaders()
-    recipe = load_recipe("default", TINY)
+def test_unknown_method_is_refused() -> None:
     with pytest.raises(InputError, match="unknown sparsity.method"):
-        train_baseline("snip", NAMES, mlp(), train, test, recipe, CPU)
-    with pytest.raises(InputError, match="resume"):
-        train_baseline("gmp", NAMES, mlp(), train, test, recipe, CPU, resume={})
+        load_recipe("default", [*TINY, "sparsity.method=snip"])
+    with pytest.raises(InputError, match="unknown sparsity.method"):
+        method_class("snip")
 
 
 def test_compress_runs_gmp_end_to_end(
     tmp_path: Path, state_dict_path: Path, tiny_recipe: Callable[..., Recipe]
 ) -> None:
     recipe = tiny_recipe(0.9, "sparsity.method=gmp", "export.onnx=false")
-    report = dwfc.compress(state_dict_path, tmp_path / "out", recipe)
+    report = dwfc.compress(state_dict_path, tmp_path / "out", recipe).to_dict()
     assert report["sparsity"]["achieved"] == pytest.approx(0.9, abs=1e-6)
     state = dwfc.load_sparse(tmp_path / "out" / "model.safetensors")
     weights = [state[k] for k in ("layers.1.weight", "layers.3.weight", "layers.5.weight")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dwfc.cli_docs import EXIT_CODES, OUTPUT_FILES, REGENERATE, iter_commands, render_cli_docs
+from dwfc.cli.docs import EXIT_CODES, OUTPUT_FILES, REGENERATE, iter_commands, render_cli_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_MD = ROOT / "docs" / "cli.md"
@@ -62,7 +62,7 @@ def test_hand_written_guide(rendered: str) -> None:
 def test_rendering_is_deterministic(rendered: str) -> None:
     """Same text in a fresh interpreter with another terminal width, as `python -m` writes it."""
     env = {**os.environ, "COLUMNS": "37", "LINES": "5", "TERM": "dumb"}
-    result = subprocess.run([sys.executable, "-m", "dwfc.cli_docs"], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "dwfc.cli.docs"], cwd=ROOT, env=env,
                             capture_output=True, text=True, encoding="utf-8", check=True)
     assert result.stdout == rendered
     assert all(len(line) < 400 for line in rendered.splitlines())

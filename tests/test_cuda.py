@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import dwfc
-from dwfc.loop import Precision, resolve_device
+from dwfc.engine.device import Precision, resolve_device
 
 pytestmark = pytest.mark.gpu
 
@@ -52,7 +52,7 @@ def test_compress_runs_on_cuda(cuda, state_dict_path, tmp_path):
             "train.device=cuda",
         ],
     )
-    report = dwfc.compress(state_dict_path, tmp_path / "out", recipe)
+    report = dwfc.compress(state_dict_path, tmp_path / "out", recipe).to_dict()
     assert report["device"].startswith("cuda")
     assert report["precision"].startswith("bf16")
     n = report["sparsity"]["factorized_weights"]

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from cli_messages import raises_on_cli
 from torch.utils.data import TensorDataset
 
 from dwfc.config import DataConfig
@@ -113,7 +114,7 @@ def test_unknown_source(source):
 
 @pytest.mark.parametrize("source", ["mnist", "CIFAR10"])
 def test_builtin_source_needs_root(source):
-    with pytest.raises(InputError, match=f"--data {source.lower()} needs --data-root"):
+    with raises_on_cli(InputError, match=f"--data {source.lower()} needs --data-root"):
         load_data(source)
 
 
@@ -196,12 +197,12 @@ def test_factory_bad_options(factory_module):
 
 
 def test_factory_unknown_module():
-    with pytest.raises(InputError, match="--data: no module named 'no_such_data_mod'"):
+    with raises_on_cli(InputError, match="--data: no module named 'no_such_data_mod'"):
         load_data("no_such_data_mod:make")
 
 
 def test_parse_is_cached():
-    from dwfc.data import _read_mnist5k
+    from dwfc.data.bundled import _read_mnist5k
 
     assert _read_mnist5k() is _read_mnist5k()
     assert np.asarray(_read_mnist5k()[0]).flags.writeable is False
@@ -229,7 +230,7 @@ def test_config_mnist5k_options_size_and_normalisation(split):
 
 
 def test_config_mnist5k_rejects_root_and_bad_mean():
-    with pytest.raises(InputError, match="mnist5k is bundled with dwfc: drop --data-root"):
+    with raises_on_cli(InputError, match="mnist5k is bundled with dwfc: drop --data-root"):
         load_data_config(DataConfig(root="data"))
     with pytest.raises(InputError, match=r"data\.mean has 3 values but mnist5k images have 1"):
         load_data_config(DataConfig(mean=[0.1, 0.2, 0.3]))
@@ -247,7 +248,7 @@ def test_config_factory_gets_options_and_root(factory_module, tmp_path):
 def test_config_factory_rejects_transform_fields(factory_module, field):
     (key,) = field
     cfg = DataConfig(source=f"{factory_module}:pair", **field)
-    with pytest.raises(InputError, match=f"data\\.{key} does not apply to --data .*:pair"):
+    with raises_on_cli(InputError, match=f"data\\.{key} does not apply to --data .*:pair"):
         load_data_config(cfg)
 
 

@@ -16,10 +16,12 @@ import struct
 import numpy as np
 import pytest
 import torch
+from cli_messages import raises_on_cli
 
+from dwfc.cli.text import for_cli
 from dwfc.config import DataConfig
 from dwfc.data import load_data, load_data_config, num_classes, sample_shape
-from dwfc.datasets import SPECS
+from dwfc.data.torchvision_sets import SPECS
 from dwfc.errors import InputError
 
 tv_datasets = pytest.importorskip("torchvision.datasets")
@@ -268,7 +270,7 @@ def test_image_folder_val_extra_class(tmp_path):
 def test_missing_files_name_the_expected_path(tmp_path, name, expected):
     with pytest.raises(InputError) as info:
         load_data_config(DataConfig(source=name, root=str(tmp_path)))
-    msg = str(info.value)
+    msg = for_cli(str(info.value))
     assert msg.startswith(f"--data {name}: {tmp_path / expected} not found")
     assert "\n" not in msg
 
@@ -296,12 +298,12 @@ def test_root_one_level_too_deep(tmp_path, no_md5):
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn", "imagefolder"])
 def test_root_required(name):
-    with pytest.raises(InputError, match=f"^--data {name} needs --data-root: the folder"):
+    with raises_on_cli(InputError, match=f"^--data {name} needs --data-root: the folder"):
         load_data_config(DataConfig(source=name))
 
 
 def test_root_does_not_exist(tmp_path):
-    with pytest.raises(InputError, match=r"--data-root .*nope is not an existing folder"):
+    with raises_on_cli(InputError, match=r"--data-root .*nope is not an existing folder"):
         load_data_config(DataConfig(source="cifar10", root=str(tmp_path / "nope")))
 
 
@@ -318,17 +320,17 @@ def test_unknown_source_lists_valid_ones():
 def test_wrong_number_of_mean_values(tmp_path):
     write_mnist_family(tmp_path, "MNIST")
     cfg = DataConfig(source="mnist", root=str(tmp_path), mean=[0.1, 0.2, 0.3])
-    with pytest.raises(InputError, match=r"data\.mean has 3 values but --data mnist images have 1"):
+    with raises_on_cli(InputError, match=r"data\.mean has 3 values but --data mnist images have 1"):
         load_data_config(cfg)
 
 
 def test_builtin_takes_no_options(tmp_path):
-    with pytest.raises(InputError, match=r"--data svhn takes no data\.options \(got split\)"):
+    with raises_on_cli(InputError, match=r"--data svhn takes no data\.options \(got split\)"):
         load_data_config(DataConfig(source="svhn", root=str(tmp_path), options={"split": "x"}))
 
 
 def test_corrupt_idx_file(tmp_path):
     write_mnist_family(tmp_path, "MNIST")
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x09")
-    with pytest.raises(InputError, match=r"^--data mnist: cannot read .*MNIST/raw"):
+    with raises_on_cli(InputError, match=r"^--data mnist: cannot read .*MNIST/raw"):
         load_data_config(DataConfig(source="mnist", root=str(tmp_path)))

@@ -23,7 +23,7 @@ LAUNCHER = textwrap.dedent(
     import sys
     import torch
     import dwfc.pipeline as pipeline
-    from dwfc import distributed as dist
+    from dwfc.engine import distributed as dist
     from dwfc.config import load_recipe
 
     model_path, out, dump = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -85,7 +85,7 @@ def test_target_sparsity_is_hit_under_ddp(ddp_run):
 def test_accuracy_matches_a_single_process_run(ddp_run, state_dict_path, tmp_path):
     single = dwfc.compress(
         state_dict_path, tmp_path / "single", dwfc.load_recipe("default", OVERRIDES)
-    )
+    ).to_dict()
     ddp = json.loads((ddp_run / "out" / "report.json").read_text())
     # Same global batch and budget, different data order: close, not identical. A 3-epoch run
     # lets lambda move e^4 in a handful of controller updates, so the order shows (3.4 points

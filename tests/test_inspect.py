@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from dwfc.cli.text import format_inspection
 from dwfc.errors import InputError
 from dwfc.export import export_onnx, export_sparse_onnx, save_sparse
-from dwfc.inspect import format_inspection, inspect_file
+from dwfc.inspect import inspect_file
 
 
 def _state() -> dict[str, torch.Tensor]:

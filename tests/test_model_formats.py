@@ -4,9 +4,11 @@ checkpoint dicts, and formats dwfc cannot fine-tune (TorchScript, torch.export, 
 import numpy as np
 import pytest
 import torch
+from cli_messages import raises_on_cli
 from safetensors.torch import save_file
 from torch import nn
 
+from dwfc.cli.text import for_cli
 from dwfc.errors import InputError
 from dwfc.export import save_sparse
 from dwfc.models import build_model, load_model, load_model_with_notes
@@ -242,12 +244,12 @@ def test_checkpoint_without_weights(tmp_path):
 def test_trusted_checkpoint_with_module(tmp_path, net, batch):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": net, "epoch": 1}, path)
-    with pytest.raises(InputError, match="--trust-model"):
+    with raises_on_cli(InputError, match="--trust-model"):
         load_model(path)
     model, notes = load_model_with_notes(path, arch=ARCH, trust_model=True)
     assert _same(net, model, batch)
     assert any("module found under checkpoint['model']" in n for n in notes)
-    assert any("--arch dwfc.zoo:lenet5 ignored" in n for n in notes)
+    assert any("model.arch dwfc.zoo:lenet5 ignored" in n for n in notes)
 
 
 # --- formats dwfc cannot fine-tune ----------------------------------------------------------
@@ -262,7 +264,7 @@ def test_torchscript(tmp_path, net, batch, kind, trust):
     torch.jit.save(scripted, str(path))
     with pytest.raises(InputError) as info:
         load_model(path, arch=ARCH, trust_model=trust)
-    msg = str(info.value)
+    msg = for_cli(str(info.value))
     assert msg.startswith(f"{path} is a TorchScript archive: dwfc needs a trainable module: ")
     assert "model.state_dict()" in msg and "--arch" in msg and "\n" not in msg
 
@@ -309,7 +311,7 @@ def test_onnx(tmp_path, name):
 def test_other_formats(tmp_path, content, what):
     path = tmp_path / "weights.h5"
     path.write_bytes(content)
-    with pytest.raises(InputError, match=f"is {what}.*: dwfc needs a trainable module: .*--arch"):
+    with raises_on_cli(InputError, match=f"is {what}.*: dwfc needs a trainable module: .*--arch"):
         load_model(path, arch=ARCH)
 
 

@@ -19,8 +19,8 @@ import dwfc
 from dwfc.batchnorm import has_batchnorm, recalibrate_batchnorm_
 from dwfc.config import FactorizeConfig
 from dwfc.export import export_onnx, onnx_max_abs_diff
-from dwfc.factorize import factor_parameters
-from dwfc.select import apply_plan_, plan
+from dwfc.factorize import apply_plan_, factor_parameters
+from dwfc.select import plan
 
 torchvision = pytest.importorskip("torchvision")
 models = torchvision.models

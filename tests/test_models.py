@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+from cli_messages import raises_on_cli
 
 from dwfc.errors import InputError
 from dwfc.models import count_parameters, import_object, load_model
@@ -86,7 +87,7 @@ def test_state_dict_nested_in_checkpoint(tmp_path, net, batch):
 def test_state_dict_needs_arch(tmp_path, net):
     path = tmp_path / "sd.pt"
     torch.save(net.state_dict(), path)
-    with pytest.raises(InputError, match="is a state dict: pass --arch"):
+    with raises_on_cli(InputError, match="is a state dict: pass --arch"):
         load_model(path)
 
 
@@ -154,7 +155,7 @@ def test_arch_not_returning_module(tmp_path, net):
 def test_pickled_module_needs_trust(tmp_path, net):
     path = tmp_path / "whole.pt"
     torch.save(net, path)
-    with pytest.raises(InputError, match="--trust-model") as info:
+    with raises_on_cli(InputError, match="--trust-model") as info:
         load_model(path)
     assert "pickled module" in str(info.value)
 
@@ -178,7 +179,7 @@ def test_pickled_module_ignores_arch(tmp_path, net, batch):
 def test_legacy_format_pickled_module_needs_trust(tmp_path, net):
     path = tmp_path / "legacy.pt"
     torch.save(net, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(InputError, match="--trust-model"):
+    with raises_on_cli(InputError, match="--trust-model"):
         load_model(path)
     assert isinstance(load_model(path, trust_model=True), LeNet5)
 
@@ -195,7 +196,7 @@ def test_allowlisted_module_loads_safely(tmp_path, net, batch):
 def test_protocol4_state_dict_needs_trust(tmp_path, net, batch):
     path = tmp_path / "p4.pt"
     torch.save(net.state_dict(), path, pickle_protocol=4)
-    with pytest.raises(InputError, match="--trust-model"):
+    with raises_on_cli(InputError, match="--trust-model"):
         load_model(path, arch="dwfc.zoo:lenet5")
     assert _same_outputs(net, load_model(path, arch="dwfc.zoo:lenet5", trust_model=True), batch)
 

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from torch.utils.data import DataLoader, TensorDataset
 
 import dwfc
-import dwfc.pipeline
+import dwfc.export.stage
 from dwfc.config import Recipe
 from dwfc.errors import ExportCheckError, InputError
 from dwfc.export import read_metadata
@@ -57,7 +57,7 @@ class Run:
 def _run(tmp_path_factory: pytest.TempPathFactory, model: Path, recipe: Recipe, name: str) -> Run:
     parent = tmp_path_factory.mktemp(name)
     out = parent / "out"
-    report = dwfc.compress(model, out, recipe)
+    report = dwfc.compress(model, out, recipe).to_dict()
     return Run(out=out, parent=parent, recipe=recipe, report=report)
 
 
@@ -274,7 +274,9 @@ def test_overwrite_replaces_the_outputs(
     tmp_path: Path, state_dict_path: Path, tiny_recipe: Callable[..., Recipe]
 ) -> None:
     out = _occupied_out(tmp_path)
-    report = dwfc.compress(state_dict_path, out, tiny_recipe(0.9, *QUICK), overwrite=True)
+    report = dwfc.compress(
+        state_dict_path, out, tiny_recipe(0.9, *QUICK), overwrite=True
+    ).to_dict()
     assert OUTPUT_FILES <= {p.name for p in out.iterdir()}
     onnx.checker.check_model(str(out / "model.onnx"))  # the stale bytes are gone
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
@@ -300,7 +302,7 @@ def test_failure_midway_without_checkpoint_leaves_no_out(
     tiny_recipe: Callable[..., Recipe],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dwfc.pipeline, "export_onnx", _fail_export)
+    monkeypatch.setattr(dwfc.export.stage, "export_onnx", _fail_export)
     out = tmp_path / "out"
     with pytest.raises(ExportCheckError, match="injected"):
         dwfc.compress(state_dict_path, out, tiny_recipe(0.9, *QUICK, *_no_checkpoint()))
@@ -314,7 +316,7 @@ def test_failure_midway_with_overwrite_leaves_existing_out_untouched(
     tiny_recipe: Callable[..., Recipe],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dwfc.pipeline, "export_onnx", _fail_export)
+    monkeypatch.setattr(dwfc.export.stage, "export_onnx", _fail_export)
     out = _occupied_out(tmp_path)
     before = _snapshot(tmp_path)
     recipe = tiny_recipe(0.9, *QUICK, *_no_checkpoint())

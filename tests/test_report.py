@@ -11,8 +11,8 @@ from typing import Any
 import matplotlib.image as mpimg
 import pytest
 
-from dwfc.plots import epochs, layer_sparsity_figure, training_figure
 from dwfc.report import render_markdown, write_report
+from dwfc.report.plots import epochs, layer_sparsity_figure, training_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = {"report.json", "layer_sparsity.png", "training.png", "report.md"}

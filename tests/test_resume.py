@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import dwfc
-from dwfc.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from dwfc.engine.checkpoint import load_checkpoint
+from dwfc.outputs import CHECKPOINT as CHECKPOINT_NAME
 
 ARGS = ["--arch", "dwfc.zoo:lenet_300_100", "--epochs", "3", "--quiet",
         "sparsity.finetune_epochs=1", "train.log_every=5", "export.onnx=false"]  # fmt: skip

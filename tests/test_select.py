@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 import dwfc
+from dwfc.cli.text import format_plan
 from dwfc.config import FactorizeConfig
 from dwfc.errors import InputError
-from dwfc.select import apply_plan_, format_plan, plan, plan_summary, retie_
+from dwfc.factorize import apply_plan_, retie_
+from dwfc.select import plan, plan_summary
 
 EXPECTED_DEFAULT = [
     ("emb.weight", "Embedding"),

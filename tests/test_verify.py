@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 import dwfc
+from dwfc.cli.text import format_verification
 from dwfc.config import load_recipe
-from dwfc.errors import InputError
-from dwfc.export import SPARSE_ONNX_FILE, load_sparse, read_metadata, save_sparse, tensor_digests
-from dwfc.verify import VerificationError, format_verification, raise_for_failures, verify_run
+from dwfc.errors import InputError, VerificationError
+from dwfc.export import load_sparse, read_metadata, save_sparse, tensor_digests
+from dwfc.outputs import SPARSE_ONNX as SPARSE_ONNX_FILE
+from dwfc.verify import raise_for_failures, verify_run
 
 ARCH = "dwfc.zoo:lenet_300_100"
 

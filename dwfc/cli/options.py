@@ -1,0 +1,54 @@
+"""The options the commands share, and which recipe key each flag sets.
+
+`FLAG_KEYS` is the one map from a flag to the recipe key (or `compress` argument) it stands
+for: the commands build their overrides from it, and error messages, which name recipe keys,
+are shown with the flag instead (dwfc/cli/text.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def opt(help: str, *names: str) -> Any:
+    return typer.Option(*names, help=help, show_default=False)
+
+
+# Flags that set one recipe key each: the option's parameter name -> the recipe key.
+RECIPE_FLAGS = {
+    "depth": "factorize.depth", "target_sparsity": "sparsity.target", "data": "data.source",
+    "data_root": "data.root", "arch": "model.arch", "device": "train.device",
+    "epochs": "train.epochs", "seed": "train.seed", "lr": "train.lr",
+    "max_accuracy_drop": "gates.max_accuracy_drop", "min_sparsity": "gates.min_sparsity",
+}  # fmt: skip
+# The flag -> what library messages call it: recipe keys, and `dwfc.compress` arguments.
+FLAG_KEYS = {
+    **{"--" + name.replace("_", "-"): key for name, key in RECIPE_FLAGS.items()},
+    "--trust-model": "model.trust_model", "--out": "out_dir", "--overwrite": "overwrite=True",
+    "--resume": "resume=True",
+}  # fmt: skip
+
+
+def flag_overrides(**flags: Any) -> list[str]:
+    """`key=value` overrides for the flags given (None: not given)."""
+    return [f"{RECIPE_FLAGS[name]}={value}" for name, value in flags.items() if value is not None]
+
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Recipe overrides: key=value, e.g. train.epochs=10.", show_default=False),
+]
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe or a YAML file.")]
+QuietOpt = Annotated[bool, opt("No progress output.", "--quiet", "-q")]
+JsonOpt = Annotated[bool, opt("Print one JSON document on stdout (logs go to stderr).", "--json")]
+ModelArg = Annotated[Path, typer.Argument(help="A state dict (with --arch) or a saved module.")]
+ArchOpt = Annotated[str | None, opt("package.module:factory or torchvision:NAME.")]
+ArchKwargOpt = Annotated[list[str] | None, opt("Factory argument key=value (repeatable).")]
+TrustOpt = Annotated[bool, opt("Allow unpickling a saved module (runs its code).")]
+DepthOpt = Annotated[int | None, opt("D, the number of factors (>= 2).")]
+IncludeOpt = Annotated[list[str] | None, opt("Only weights matching (glob, re:, type:).")]
+ExcludeOpt = Annotated[list[str] | None, opt("Never weights matching (glob, re:, type:).")]
+DepthOverrideOpt = Annotated[list[str] | None, opt("PATTERN=D: another depth there.")]

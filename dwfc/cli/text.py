@@ -1,0 +1,121 @@
+"""Text the CLI prints: library messages in the command line's terms, and the plain-text tables
+of `plan`, `inspect` and `verify`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from dwfc.cli.options import FLAG_KEYS
+from dwfc.outputs import ONNX, REPORT_JSON, REPORT_MD, SAFETENSORS
+from dwfc.report.schema import AccuracyInfo, RunReport, SparsityInfo
+from dwfc.select import PlannedWeight, plan_summary
+
+# A recipe key in prose becomes its flag; a quoted one ('sparsity.target') is about the key.
+_NAMES = re.compile(
+    r"(?<![\w.'])("
+    + "|".join(re.escape(k) for k in sorted(FLAG_KEYS.values(), key=len, reverse=True))
+    + r")(?![\w'])"
+)
+_FLAG_OF = {key: flag for flag, key in FLAG_KEYS.items()}
+
+
+def for_cli(message: str) -> str:
+    """A library message with the recipe keys and arguments it names shown as their flags.
+
+    Example:
+        for_cli("data.source cifar10 needs data.root")  # '--data cifar10 needs --data-root'
+    """
+    return _NAMES.sub(lambda m: _FLAG_OF[m.group(1)], message)
+
+
+def compress_summary(report: RunReport, out_dir: str) -> list[str]:
+    """The lines `dwfc compress` prints after a run: sparsity, accuracy, where the outputs are."""
+    sp, acc = report.sparsity or SparsityInfo(), report.accuracy or AccuracyInfo()
+    line = f"sparsity {sp.achieved:.2%} (target {sp.target:.2%})"
+    line += f", CR {sp.compression_ratio:.1f}x"
+    if sp.reached_by_training_controlled is not None:
+        line += (
+            f"; training alone brought {sp.reached_by_training_controlled:.2%} of the weights "
+            f"under {sp.control_threshold:g}x their layer's RMS"
+        )
+    if sp.largest_cut_relative is not None:
+        line += f"; the cut removed none larger than {sp.largest_cut_relative:.3g}x"
+    ort = acc.compressed_onnxruntime
+    return [
+        line,
+        f"accuracy {acc.original:.2%} -> {acc.compressed_pytorch:.2%} (PyTorch)"
+        + (f", {ort:.2%} (onnxruntime)" if ort is not None else ""),
+        f"outputs in {out_dir}/: {SAFETENSORS}, {ONNX}, {REPORT_MD}, {REPORT_JSON}",
+    ]
+
+
+def _aligned(rows: list[tuple[str, ...]], right: set[int], rules: tuple[int, ...]) -> list[str]:
+    """Rows as space-aligned columns (`right`: right-aligned ones), with a dashed rule before
+    each row index in `rules`."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                  for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in rows
+    ]  # fmt: skip
+    rule = "  ".join("-" * w for w in widths)
+    for index in sorted(rules, reverse=True):
+        lines.insert(index, rule)
+    return lines
+
+
+def format_plan(planned: list[PlannedWeight], model: nn.Module) -> str:
+    """A plain-text table of the plan (name, type, shape, weights, depth) with totals.
+
+    Example:
+        print(format_plan(plan(model, FactorizeConfig()), model))
+    """
+    rows = [("name", "type", "shape", "weights", "depth")]
+    for pw in planned:
+        name = pw.name + (f" (= {', '.join(pw.aliases)})" if pw.aliases else "")
+        shape = "x".join(str(d) for d in pw.shape)
+        rows.append((name, pw.module_type, shape, f"{pw.numel:,}", str(pw.depth)))
+    s = plan_summary(planned, model)
+    return "\n".join([
+        *_aligned(rows, right={3, 4}, rules=(1,)), "",
+        f"factorized: {s['factorized_tensors']} tensors, {s['factorized_weights']:,} weights "
+        f"of {s['total_parameters']:,} parameters ({100 * s['factorized_share']:.1f}%); "
+        f"{s['unfactorized_parameters']:,} stay dense",
+    ])  # fmt: skip
+
+
+def format_inspection(info: Mapping[str, Any]) -> str:
+    """A plain-text table of `inspect_file`'s result, one row per tensor, then the totals.
+
+    Example:
+        print(format_inspection(inspect_file("model.onnx")))
+    """
+    rows = [("name", "shape", "dtype", "stored", "weights", "nonzero", "sparsity")]
+    rows += [
+        (r["name"], "x".join(map(str, r["shape"])) or "scalar", r["dtype"], r["stored"],
+         f"{r['weights']:,}", f"{r['nonzero']:,}", f"{r['sparsity']:.2%}")
+        for r in info["layers"]
+    ]  # fmt: skip
+    t = info["totals"]
+    rows.append(("total", "", "", f"{t['tensors']} tensors", f"{t['weights']:,}",
+                 f"{t['nonzero']:,}", f"{t['sparsity']:.2%}"))  # fmt: skip
+    title = f"{info['path']} ({info['format']}, {t['file_bytes']:,} bytes)"
+    return "\n".join([title, *_aligned(rows, right={4, 5, 6}, rules=(1, len(rows) - 1))])
+
+
+def format_verification(result: dict[str, Any]) -> str:
+    """Plain-text lines, one per check, for the CLI.
+
+    Example:
+        print(format_verification(verify_run("runs/lenet")))
+    """
+    width = max(len(c["check"]) for c in result["checks"])
+    lines = [
+        f"{c['status'].upper():7}  {c['check']:{width}}  {c['detail']}" for c in result["checks"]
+    ]
+    verdict = "verified" if result["ok"] else f"FAILED: {', '.join(result['failures'])}"
+    return "\n".join([*lines, f"{result['out_dir']}: {verdict}"])

@@ -1,0 +1,171 @@
+"""ONNX exports, checked: the dense model.onnx and the variant with sparse initializers."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dwfc._atomic import atomic_path
+from dwfc.errors import ExportCheckError, InputError, first_line
+from dwfc.export.runtime import eval_mode, model_device, ort_session
+from dwfc.export.sparse_file import existing_file
+
+SPARSE_ONNX_NOTE = (
+    "onnxruntime expands sparse initializers to dense tensors when it loads the model: the file "
+    "is smaller, but memory use and speed are those of the dense model.onnx"
+)
+_SPARSE_ONNX_TYPES = (1, 10, 11)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE
+
+_PathLike = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Discard stdout/stderr at the file-descriptor level, where C++ logging writes too.
+
+    The TorchScript exporter turns on its C++ ONNX log and prints the whole graph on failure.
+    """
+    sink = io.StringIO()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _no_attention_fastpath() -> Iterator[None]:
+    # In eval mode nn.MultiheadAttention / TransformerEncoder take a fused kernel that the
+    # TorchScript exporter cannot translate; the plain path gives the same outputs.
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def export_onnx(
+    model: nn.Module, example_input: torch.Tensor, path: _PathLike, opset: int = 17
+) -> None:
+    """Export `model` (eval mode, no grad) to ONNX with a dynamic batch axis, then check it.
+
+    Input is named "input", output "output". The file only appears at `path` once
+    `onnx.checker` accepts it; failures raise ExportCheckError. The model's train/eval mode
+    is restored afterwards.
+
+    Example:
+        export_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")
+    """
+    import onnx
+
+    x = example_input.to(model_device(model))
+    with eval_mode(model), _no_attention_fastpath(), atomic_path(path) as tmp:
+        try:
+            with warnings.catch_warnings(), _silenced():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model,
+                    (x,),
+                    str(tmp),
+                    dynamo=False,
+                    input_names=["input"],
+                    output_names=["output"],
+                    dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                    opset_version=opset,
+                )
+        except Exception as exc:
+            raise ExportCheckError(f"ONNX export failed: {first_line(exc)}") from exc
+        try:
+            onnx.checker.check_model(str(tmp))
+        except Exception as exc:
+            raise ExportCheckError(f"{path}: ONNX checker failed: {first_line(exc)}") from exc
+
+
+def _sparse_initializer(init: Any, min_sparsity: float) -> Any | None:
+    """A SparseTensorProto (1-D INT64 linear indices) for `init`, or None to keep it dense."""
+    from onnx import helper, numpy_helper
+
+    if init.data_type not in _SPARSE_ONNX_TYPES or len(init.dims) == 0:
+        return None
+    arr = numpy_helper.to_array(init)
+    flat = arr.reshape(-1)
+    idx = np.flatnonzero(flat)
+    if flat.size == 0 or 1.0 - idx.size / flat.size < min_sparsity:
+        return None
+    if idx.size * (8 + arr.itemsize) >= arr.nbytes:  # indices cost 8 bytes per kept value
+        return None
+    values = numpy_helper.from_array(flat[idx], init.name)
+    indices = numpy_helper.from_array(idx.astype(np.int64), f"{init.name}.indices")
+    return helper.make_sparse_tensor(values, indices, list(arr.shape))
+
+
+def export_sparse_onnx(
+    dense_onnx_path: _PathLike, out_path: _PathLike, min_sparsity: float = 0.5
+) -> bool:
+    """Rewrite mostly-zero initializers of an ONNX file as `sparse_initializer`s.
+
+    An initializer becomes a SparseTensorProto (values plus 1-D INT64 linear indices into the
+    flattened tensor) when its share of zeros is at least `min_sparsity` and that saves bytes.
+    The result must pass `onnx.checker` and load in onnxruntime; it is written atomically to
+    `out_path` only when smaller than the dense file. Returns whether it was written.
+    onnxruntime expands sparse initializers to dense on load (SPARSE_ONNX_NOTE).
+
+    Example:
+        if export_sparse_onnx("out/model.onnx", "out/model.sparse.onnx"):
+            print("smaller sparse variant written")
+    """
+    import onnx
+
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise InputError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    src = existing_file(dense_onnx_path)
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:
+        raise InputError(f"{src}: not a readable ONNX file ({first_line(exc)})") from exc
+    graph = model.graph
+    overridable = {i.name for i in graph.input}  # an initializer that is also an input stays
+    kept, sparse = [], []
+    for init in graph.initializer:
+        converted = None if init.name in overridable else _sparse_initializer(init, min_sparsity)
+        (sparse if converted is not None else kept).append(converted or init)
+    if not sparse:
+        return False
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.sparse_initializer.extend(sparse)
+    data = model.SerializeToString()
+    if len(data) >= src.stat().st_size:
+        return False
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ExportCheckError(f"{out_path}: ONNX checker failed: {first_line(exc)}") from exc
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(data)
+        try:
+            ort_session(tmp)
+        except InputError as exc:
+            raise ExportCheckError(f"{out_path}: {exc}") from exc
+    return True

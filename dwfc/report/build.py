@@ -1,0 +1,153 @@
+"""The one place a run's report is assembled from what the stages measured; its quality gates and
+warnings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from torch import nn
+
+from dwfc import __version__
+from dwfc.config import Recipe
+from dwfc.engine.outcome import TrainOutcome
+from dwfc.errors import QualityGateFailed
+from dwfc.methods import method_class
+from dwfc.report.schema import (
+    SCHEMA_VERSION,
+    AccuracyInfo,
+    DataInfo,
+    GateResult,
+    HistoryRowInfo,
+    LayerRow,
+    MethodInfo,
+    ModelInfo,
+    OnnxInfo,
+    RunReport,
+    SparsityInfo,
+)
+from dwfc.sparsity import layer_stats
+
+
+def layer_rows(model: nn.Module, names: list[str]) -> list[LayerRow]:
+    """Shape, size, non-zeros and sparsity of each compressed weight."""
+    state = model.state_dict()
+    return [
+        LayerRow(name=s.name, shape=s.shape, weights=s.weights, nonzero=s.nonzero,
+                 sparsity=s.sparsity, factorized=True)
+        for s in layer_stats({name: state[name] for name in names})
+    ]  # fmt: skip
+
+
+def sparsity_summary(
+    layers: list[LayerRow], recipe: Recipe, outcome: TrainOutcome, total_params: int
+) -> SparsityInfo:
+    """Target against achieved, and how much of it training reached before the cut."""
+    weights = sum(s.weights or 0 for s in layers)
+    nonzero = sum(s.nonzero or 0 for s in layers)
+    sc = recipe.sparsity
+    return SparsityInfo(
+        target=sc.target, achieved=1.0 - nonzero / weights,
+        reached_by_training_eps=outcome.sparsity_eps,
+        reached_by_training_relative=outcome.sparsity_relative,
+        reached_by_training_controlled=outcome.sparsity_controlled,
+        largest_cut_relative=outcome.largest_cut, eps=sc.eps,
+        relative_threshold=sc.relative_threshold, control_threshold=sc.control_threshold,
+        factorized_weights=weights, nonzero_weights=nonzero,
+        compression_ratio=weights / nonzero if nonzero else float("inf"),
+        total_parameters=total_params, unfactorized_parameters=total_params - weights,
+    )  # fmt: skip
+
+
+def method_info(recipe: Recipe, outcome: TrainOutcome) -> MethodInfo:
+    """The method and its final settings; entries a method has not are None."""
+    method = method_class(recipe.sparsity.method)
+    return MethodInfo.model_validate({
+        "name": method.name, "lr": recipe.train.lr, "optimizer": "sgd",
+        "schedule": recipe.train.schedule, "divergence_restarts": outcome.retries,
+        "lr_factor": outcome.lr_factor, **method.summary(recipe, outcome),
+    })  # fmt: skip
+
+
+def warnings_for(report: RunReport) -> list[str]:
+    """Plain-language warnings for things the numbers show but a reader could miss."""
+    name = report.method.name if report.method else None
+    accuracy = (report.accuracy or AccuracyInfo()).model_dump(exclude_none=True)
+    notes = method_class(name).warnings(accuracy) if name else []
+    empty = [str(layer.name) for layer in report.layers if layer.nonzero == 0]
+    if empty:
+        notes.append(f"layer collapse: every weight of {', '.join(empty)} was pruned")
+    return notes
+
+
+def gate_results(recipe: Recipe, report: RunReport) -> list[GateResult]:
+    """Each configured quality gate, its threshold, the measured value and whether it passed."""
+    gates = []
+    acc = report.accuracy or AccuracyInfo()
+    drop = recipe.gates.max_accuracy_drop
+    if drop is not None and acc.original is not None and acc.compressed_pytorch is not None:
+        lost = 100.0 * (acc.original - acc.compressed_pytorch)
+        gates.append(GateResult(gate="max_accuracy_drop", threshold=drop, value=lost,
+                                passed=lost <= drop))  # fmt: skip
+    floor = recipe.gates.min_sparsity
+    achieved = report.sparsity.achieved if report.sparsity else None
+    if floor is not None and achieved is not None:
+        gates.append(GateResult(gate="min_sparsity", threshold=floor, value=achieved,
+                                passed=achieved >= floor))  # fmt: skip
+    return gates
+
+
+def raise_for_gates(report: RunReport, out: Path) -> None:
+    """QualityGateFailed (exit 3) naming every failed gate, once the outputs are written."""
+    failed = [g for g in report.gates if not g.passed]
+    if failed:
+        raise QualityGateFailed(
+            "quality gate failed: " + "; ".join(
+                f"{g.gate} {g.value:.4g} (limit {g.threshold:g})" for g in failed
+            ) + f"; the report in {out} shows why"
+        )  # fmt: skip
+
+
+def build_report(
+    *,
+    model_path: str | Path,
+    recipe: Recipe,
+    notes: list[str],
+    total_params: int,
+    samples: tuple[int, int],
+    input_shape: list[int],
+    input_dtype: str,
+    device: str,
+    precision: str,
+    world_size: int,
+    resumed: bool,
+    outcome: TrainOutcome,
+    layers: list[LayerRow],
+    sparsity: SparsityInfo,
+    accuracy: dict[str, float | None],
+    onnx: OnnxInfo | None,
+    files: dict[str, int],
+    hashes: dict[str, str],
+    timing: dict[str, float],
+) -> RunReport:
+    """The report of a finished run, its gates and warnings included.
+
+    `accuracy` holds the stages that ran (absent ones are left out of report.json).
+    """
+    report = RunReport(
+        schema_version=SCHEMA_VERSION, dwfc_version=__version__,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        model=ModelInfo(source=str(model_path), arch=recipe.model.arch, parameters=total_params,
+                        notes=notes),
+        data=DataInfo(source=recipe.data.source, train_samples=samples[0],
+                      eval_samples=samples[1]),
+        input_shape=input_shape, input_dtype=input_dtype, device=device, precision=precision,
+        world_size=world_size, resumed=resumed, method=method_info(recipe, outcome),
+        sparsity=sparsity, layers=layers, accuracy=AccuracyInfo(**accuracy), onnx=onnx,
+        files=files, hashes=hashes, timing=timing,
+        history=[HistoryRowInfo.model_validate(row) for row in outcome.history],
+        recipe=recipe.model_dump(mode="json"),
+    )  # fmt: skip
+    report.gates = gate_results(recipe, report)
+    report.warnings = warnings_for(report)
+    return report
