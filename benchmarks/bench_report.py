@@ -375,7 +375,9 @@ models, by more than the spread over seeds; at 0.95 at most 0.5 points below den
 ```
 
 Generated {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} on {_machine()}.
-Rerunning the command continues from its cache (`--cache`, one JSON file per run).
+Rerunning the command continues from its cache (`--cache`, one JSON file per run, not tracked);
+the runs behind this page are in [results_runs.json](results_runs.json), from which `--report-only`
+rebuilds it.
 
 # Training overhead, subnormals, file size
 

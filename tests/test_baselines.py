@@ -18,6 +18,7 @@ from dwfc.errors import InputError
 from dwfc.methods import METHODS, method_class
 from dwfc.methods.gmp import gmp_sparsity
 from dwfc.methods.random import random_masks
+from dwfc.sparsity import global_magnitude_masks
 
 TINY = ["train.epochs=4", "sparsity.finetune_epochs=2", "train.log_every=2", "train.lr=0.05"]
 NAMES = ["0.weight", "2.weight"]
@@ -125,3 +126,81 @@ def test_compress_runs_gmp_end_to_end(
     assert sum(int((w == 0).sum()) for w in weights) == round(0.9 * total)
     assert report["accuracy"]["compressed_pytorch"] > 0.5
     assert {"before_cut", "after_cut", "after_finetune"} <= set(report["accuracy"])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_restarts_an_epoch_after_a_non_finite_loss(method: str) -> None:
+    """A NaN in the 8th training forward (epoch 2 of 4, 6 steps each): the epoch is run again
+    from its start at half the learning rate, and the run ends as usual: DWF and baselines
+    alike."""
+    model = mlp()
+    if METHODS[method].trains == "factors":
+        dwfc.factorize_(model, depth=3)
+    forwards = 0
+
+    def poison(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        nonlocal forwards
+        if not module.training:
+            return None
+        forwards += 1
+        return output * float("nan") if forwards == 8 else None
+
+    model[2].register_forward_hook(poison)
+    events: list[str] = []
+    train_loader, test = loaders()
+    recipe = load_recipe("default", [*TINY, f"sparsity.method={method}", "sparsity.target=0.9"])
+    outcome = train(model, NAMES, train_loader, test, recipe, CPU,
+                    lambda event, info: events.append(event))  # fmt: skip
+    assert events.count("diverged") == 1
+    assert (outcome.retries, outcome.lr_factor) == (1, 0.5)
+    steps = [row["step"] for row in outcome.history]
+    assert steps == sorted(set(steps))  # the failed epoch's rows were rewound, not repeated
+    assert sum(row["eval_acc"] is not None for row in outcome.history) == 4 + 2
+    if METHODS[method].trains == "factors":
+        dwfc.collapse_(model)
+    zeros, total = _zeros(model)
+    assert zeros == round(0.9 * total)
+
+
+def test_a_baseline_trains_the_plain_weights_exactly_as_masked_sgd() -> None:
+    """oneshot is masked SGD on the pretrained weights themselves: no factorize/collapse round
+    trip (which would change them in the last bits) stands between."""
+    extra = ["sparsity.method=oneshot", "sparsity.target=0.8", "train.schedule=constant",
+             "sparsity.finetune_epochs=0", "train.flush_denormal=false"]  # fmt: skip
+    recipe = load_recipe("default", [*TINY, *extra])
+    tc = recipe.train
+    model = mlp()
+    train(model, NAMES, loaders()[0], loaders()[1], recipe, CPU)
+
+    reference = mlp()
+    pruned = [reference.get_parameter(n) for n in NAMES]
+    masks = global_magnitude_masks({n: p.detach() for n, p in zip(NAMES, pruned, strict=True)},
+                                   0.8)  # fmt: skip
+    others = [p for p in reference.parameters() if all(p is not q for q in pruned)]
+    opt = torch.optim.SGD([{"params": pruned, "weight_decay": tc.weight_decay},
+                           {"params": others, "weight_decay": 0.0}], lr=tc.lr,
+                          momentum=tc.momentum)  # fmt: skip
+
+    def apply_masks() -> None:
+        with torch.no_grad():
+            for name, p in zip(NAMES, pruned, strict=True):
+                p.mul_(masks[name])
+                if "momentum_buffer" in opt.state.get(p, {}):
+                    opt.state[p]["momentum_buffer"].mul_(masks[name])
+
+    apply_masks()
+    train_loader = loaders()[0]  # the same data order as the engine's run
+    for _ in range(tc.epochs):
+        for x, y in train_loader:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(reference(x), y).backward()
+            opt.step()
+            apply_masks()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    round_trip = mlp()
+    dwfc.factorize_(round_trip, depth=2)
+    dwfc.collapse_(round_trip)  # what the baselines went through before the one engine
+    assert not all(torch.equal(a, b) for a, b in zip(round_trip.parameters(),
+                                                     mlp().parameters(), strict=True))  # fmt: skip

@@ -199,3 +199,32 @@ def test_unknown_param_name_is_rejected():
 def test_empty_selection_is_rejected():
     with pytest.raises(InputError, match="no weight matched"):
         dwfc.factorize_(_net(), depth=3, filter_fn=lambda m, fqn: False)
+
+
+class _EveryLayerType(nn.Module):
+    """One layer of each kind `dwfc compress` factorizes by default, and some it never does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(10, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.deconv = nn.ConvTranspose1d(8, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.bn = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 3)
+
+
+def test_factorize_selects_what_compress_selects_by_default():
+    from dwfc.select import plan
+
+    model = _EveryLayerType()
+    planned = [p.name for p in plan(model, dwfc.load_recipe("default").factorize)]
+    dwfc.factorize_(model)
+    assert [fw.name for fw in dwfc.factorized_weights(model)] == planned
+    assert {"embed.weight", "attn.in_proj_weight", "attn.out_proj.weight", "lstm.weight_hh_l0",
+            "gru.weight_ih_l0", "conv.weight", "deconv.weight", "head.weight"} <= set(planned)
+    assert not any(name.startswith(("norm.", "bn.")) or "bias" in name for name in planned)

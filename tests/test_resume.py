@@ -132,3 +132,32 @@ def test_a_leftover_checkpoint_needs_resume_or_overwrite(state_dict_path, killed
     _, stderr = again.communicate(timeout=120)
     assert again.returncode == 2
     assert "--resume" in stderr and "--overwrite" in stderr
+
+
+@pytest.mark.parametrize("method", ["gmp", "l1"])
+def test_a_baseline_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
+    method, state_dict_path, tmp_path
+):
+    """Baselines run in the same engine as DWF: they checkpoint and resume bit for bit too."""
+    extra = [f"sparsity.method={method}"]
+    full = tmp_path / "full"
+    proc = _compress(state_dict_path, full, *extra)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+
+    out = tmp_path / "killed"
+    proc = _compress(state_dict_path, out, *extra)
+    _wait_for(out / CHECKPOINT_NAME, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "model.safetensors").exists()
+    assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] >= 1
+
+    resumed = _compress(state_dict_path, out, *extra, "--resume")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    _same_weights(full, out)
+    first = json.loads((full / "report.json").read_text())
+    again = json.loads((out / "report.json").read_text())
+    assert again["accuracy"] == first["accuracy"] and again["resumed"] is True
+    assert again["method"]["name"] == method

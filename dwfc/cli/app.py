@@ -41,7 +41,7 @@ from dwfc.cli.text import (
     format_verification,
 )
 from dwfc.config import Recipe, builtin_recipes, load_recipe
-from dwfc.errors import DwfcError, InputError
+from dwfc.errors import DwfcError, InputError, QualityGateFailed
 from dwfc.report.format import jsonable
 from dwfc.report.schema import RunReport
 
@@ -104,9 +104,12 @@ def compress(
     lr: Annotated[float | None, opt("Learning rate on the collapsed weights.")] = None,
     seed: Annotated[int | None, opt("Random seed.")] = None,
     max_accuracy_drop: Annotated[
-        float | None, opt("Gate: fail (exit 3) past this loss, in points.")
+        float | None,
+        opt(f"Gate: fail (exit {QualityGateFailed.exit_code}) past this loss, in points."),
     ] = None,
-    min_sparsity: Annotated[float | None, opt("Gate: fail (exit 3) below this sparsity.")] = None,
+    min_sparsity: Annotated[
+        float | None, opt(f"Gate: fail (exit {QualityGateFailed.exit_code}) below this sparsity.")
+    ] = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     depth_override: DepthOverrideOpt = None,

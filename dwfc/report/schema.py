@@ -24,48 +24,53 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+def _doc(description: str, alias: str | None = None) -> Any:
+    """An optional field (None when not recorded) with what it means in report.json."""
+    return Field(None, description=description, alias=alias)
+
+
 class ModelInfo(_Section):
-    source: str | None = None
-    arch: str | None = None
+    source: str | None = _doc("the model file")
+    arch: str | None = _doc("model.arch: the architecture a state dict was loaded into")
     parameters: int | None = None
-    notes: list[str] = Field(default_factory=list)  # how the model file was read
+    notes: list[str] = Field(default_factory=list, description="how the model file was read")
 
 
 class DataInfo(_Section):
-    source: str | None = None
+    source: str | None = _doc("data.source")
     train_samples: int | None = None
     eval_samples: int | None = None
 
 
 class MethodInfo(_Section):
-    name: str | None = None  # sparsity.method; reports from before the baselines are DWF
-    depth: int | None = None
-    init: str | None = None
-    weight_decay: float | None = None
-    lam: float | None = Field(None, alias="lambda")
-    lambda_history_max: float | None = None
+    name: str | None = _doc("sparsity.method; reports from before the baselines are DWF")
+    depth: int | None = _doc("D (DWF only)")
+    init: str | None = _doc("factorize.init (DWF only)")
+    weight_decay: float | None = _doc("the final decay: on each factor (DWF), on the weights")
+    lam: float | None = _doc("the penalty's final lambda, where a method has one", "lambda")
+    lambda_history_max: float | None = _doc("the largest lambda during training")
     lr: float | None = None
     optimizer: str | None = None
     schedule: str | None = None
-    divergence_restarts: int | None = None
-    lr_factor: float | None = None
+    divergence_restarts: int | None = _doc("epochs restarted after a non-finite loss")
+    lr_factor: float | None = _doc("the learning-rate multiplier those restarts left")
 
 
 class SparsityInfo(_Section):
     target: float | None = None
-    achieved: float | None = None
-    reached_by_training_eps: float | None = None
-    reached_by_training_relative: float | None = None
-    reached_by_training_controlled: float | None = None
-    largest_cut_relative: float | None = None
+    achieved: float | None = _doc("share of zeros over the sparsified weights")
+    reached_by_training_eps: float | None = _doc("share under eps when the cut came")
+    reached_by_training_relative: float | None = _doc("share under relative_threshold x RMS")
+    reached_by_training_controlled: float | None = _doc("share under control_threshold x RMS")
+    largest_cut_relative: float | None = _doc("largest |w| the cut removed, in layer RMS")
     eps: float | None = None
     relative_threshold: float | None = None
     control_threshold: float | None = None
-    factorized_weights: int | None = None
+    factorized_weights: int | None = _doc("entries of the sparsified weights")
     nonzero_weights: int | None = None
-    compression_ratio: float | None = None
+    compression_ratio: float | None = _doc("factorized_weights / nonzero_weights")
     total_parameters: int | None = None
-    unfactorized_parameters: int | None = None
+    unfactorized_parameters: int | None = _doc("parameters kept dense (biases, norms, ...)")
 
 
 class LayerRow(_Section):
@@ -74,45 +79,31 @@ class LayerRow(_Section):
     weights: int | None = None
     nonzero: int | None = None
     sparsity: float | None = None
-    factorized: bool | None = None
+    factorized: bool | None = _doc("whether the method sparsified it")
 
 
 class AccuracyInfo(_Section):
-    """Accuracy at each stage; a stage that did not run is absent (None)."""
+    """Accuracy at each stage, a fraction; a stage that did not run is absent (None)."""
 
     original: float | None = None
-    before_cut: float | None = None
-    after_cut: float | None = None
+    before_cut: float | None = _doc("just before the masks became final")
+    after_cut: float | None = _doc("just after")
     after_finetune: float | None = None
-    before_bn_recalibration: float | None = None
+    before_bn_recalibration: float | None = _doc("models with BatchNorm, when recalibrated")
     after_bn_recalibration: float | None = None
-    compressed_pytorch: float | None = None
-    compressed_onnxruntime: float | None = None
-    original_top5: float | None = None
+    compressed_pytorch: float | None = _doc("the collapsed model in PyTorch")
+    compressed_onnxruntime: float | None = _doc("model.onnx in onnxruntime")
+    original_top5: float | None = _doc("data with more than 10 classes")
     compressed_pytorch_top5: float | None = None
 
 
 class OnnxInfo(_Section):
-    max_abs_diff: float | None = None
-    tolerance: float | None = None
-    checker: str | None = None
+    max_abs_diff: float | None = _doc("largest |onnxruntime - PyTorch| on an evaluation batch")
+    tolerance: float | None = _doc("export.parity_tolerance")
+    checker: str | None = _doc("'passed': onnx.checker accepted the file")
     opset: int | None = None
-    sparse_variant: str | None = None  # the file name, when written
+    sparse_variant: str | None = _doc("the sparse-initializer file, when written")
     sparse_variant_note: str | None = None
-
-
-class HistoryRowInfo(_Section):
-    phase: str | None = None
-    epoch: float | None = None
-    step: int | None = None
-    loss: float | None = None
-    train_acc: float | None = None
-    eval_acc: float | None = None
-    sparsity_eps: float | None = None
-    sparsity_rel: float | None = None
-    sparsity_ctl: float | None = None
-    lam: float | None = Field(None, alias="lambda")
-    lr: float | None = None
 
 
 class GateResult(_Section):
@@ -120,6 +111,20 @@ class GateResult(_Section):
     threshold: float | None = None
     value: float | None = None
     passed: bool | None = None
+
+
+class HistoryRowInfo(_Section):
+    phase: str | None = _doc("the method's label of the step (sparsify, settle, ...), finetune")
+    epoch: float | None = _doc("the global step / steps per epoch")
+    step: int | None = _doc("the global step count")
+    loss: float | None = None
+    train_acc: float | None = None
+    eval_acc: float | None = _doc("on the last row of an epoch")
+    sparsity_eps: float | None = None
+    sparsity_rel: float | None = None
+    sparsity_ctl: float | None = _doc("what the lambda controller steers")
+    lam: float | None = _doc("the penalty acting at this step, if any", "lambda")
+    lr: float | None = None
 
 
 class RunReport(_Section):
