@@ -84,8 +84,14 @@ def load_run_recipe(spec: dict[str, Any]) -> Any:
     return load_recipe(source, overrides)
 
 
+# Bumped when dwfc trains differently for the same recipe, so that older cached runs are not
+# reused: 2, baselines train the plain weights (before: a factorize/collapse round trip first).
+CACHE_VERSION = 2
+
+
 def run_key(spec: dict[str, Any], recipe: Any, dense: str) -> str:
-    """The cache key: the resolved recipe, the split and the dense checkpoint's content.
+    """The cache key: the resolved recipe, the split, the dense checkpoint's content and
+    CACHE_VERSION.
 
     The device (fp32 on either) is recorded in each result but left out of the key, so runs made
     on another machine fill the same cache.
@@ -93,8 +99,8 @@ def run_key(spec: dict[str, Any], recipe: Any, dense: str) -> str:
     resolved = recipe.model_dump(mode="json")
     for key in ("device", "amp"):
         resolved["train"].pop(key, None)
-    blob = json.dumps({"recipe": resolved, "split": spec["split"], "dense": dense},
-                      sort_keys=True)  # fmt: skip
+    blob = json.dumps({"recipe": resolved, "split": spec["split"], "dense": dense,
+                       "version": CACHE_VERSION}, sort_keys=True)  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

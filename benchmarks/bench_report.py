@@ -252,7 +252,8 @@ def _coverage(specs: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]
     if errors:
         text += "\n\nFailed runs: " + "; ".join(
             f"{r['model']} {r['method']} {r['sparsity']} seed {r['seed']}: "
-            f"{str(r.get('error', '')).splitlines()[0]}" for r in errors)  # fmt: skip
+            f"{(str(r.get('error') or 'no error recorded').splitlines() or [''])[0]}"
+            for r in errors)  # fmt: skip
     return text
 
 

@@ -7,14 +7,13 @@ Example:
     dwfc.collapse_(model)                    # back to plain, sparse weights
 """
 
-__version__ = "0.1.0"
-
-from dwfc.config import Recipe, load_recipe  # noqa: E402
-from dwfc.errors import DwfcError, ExportCheckError, InputError  # noqa: E402
-from dwfc.export import load_sparse, save_sparse  # noqa: E402
-from dwfc.factorize import collapse_, factorize_, factorized_weights  # noqa: E402
-from dwfc.pipeline import compress  # noqa: E402
-from dwfc.report import RunReport  # noqa: E402
+from dwfc._version import __version__
+from dwfc.config import Recipe, load_recipe
+from dwfc.errors import DwfcError, ExportCheckError, InputError
+from dwfc.export import load_sparse, save_sparse
+from dwfc.factorize import collapse_, factorize_, factorized_weights
+from dwfc.pipeline import compress
+from dwfc.report import RunReport
 
 __all__ = [
     "DwfcError",

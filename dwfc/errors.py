@@ -5,6 +5,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+KEY_MARK = "\x1f"  # brackets a recipe key or `compress` argument inside an error message
+
+
+def named(key: str) -> str:
+    """A recipe key ("data.source") or `compress` argument ("out_dir") as an error message names
+    it: `str(error)` shows it as it is, the command line shows its flag (dwfc/cli/text.py).
+
+    Example:
+        raise InputError(f"{named('data.source')} cifar10 needs {named('data.root')}")
+    """
+    return f"{KEY_MARK}{key}{KEY_MARK}"
+
 
 class DwfcError(Exception):
     """Base class: something dwfc could not do. Message is one line, shown to the user."""
@@ -13,6 +25,13 @@ class DwfcError(Exception):
     meaning: ClassVar[str] = (
         "internal error: a bug in dwfc or a library (a Python traceback is printed)"
     )
+
+    def __str__(self) -> str:
+        return self.marked().replace(KEY_MARK, "")
+
+    def marked(self) -> str:
+        """The message with the keys it names bracketed by KEY_MARK (see `named`)."""
+        return super().__str__()
 
 
 class InputError(DwfcError):

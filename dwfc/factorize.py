@@ -167,6 +167,9 @@ def factorize_(
     if init not in ("balanced", "varmatch"):
         raise InputError(f"init must be 'balanced' or 'varmatch', got {init!r}")
     if filter_fn is None and params is None:
+        done = next(factorized_weights(model), None)
+        if done is not None:
+            raise InputError(f"'{done.name}' is already parametrized; collapse_ it first")
         apply_plan_(model, plan(model, FactorizeConfig(depth=depth)), init, generator)
         return
     targets = _named_targets(model, filter_fn, params)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dwfc._atomic import UMASK
-from dwfc.errors import InputError, OutputError
+from dwfc.errors import InputError, OutputError, named
 
 SAFETENSORS = "model.safetensors"
 ONNX = "model.onnx"
@@ -40,27 +40,28 @@ OUTPUT_FILES: tuple[tuple[str, str], ...] = (
      "the run finishes"),
 )  # fmt: skip
 MODEL_FILES = (SAFETENSORS, ONNX, SPARSE_ONNX)  # their sizes are in the report
+_OUT, _OVERWRITE, _RESUME = named("out_dir"), named("overwrite=True"), named("resume=True")
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> None:
     """Refuse an out_dir that is a file, or holds earlier results, unless asked to replace them."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"out_dir {out} exists and is not a directory")
+        raise InputError(f"{_OUT} {out} exists and is not a directory")
     checkpoint = out / CHECKPOINT
     if resume:
         if not checkpoint.is_file():
-            raise InputError(f"resume=True: no checkpoint in {out} ({CHECKPOINT} not found)")
+            raise InputError(f"{_RESUME}: no checkpoint in {out} ({CHECKPOINT} not found)")
         return
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        hint = "resume=True to continue or " if checkpoint.is_file() else ""
+        hint = f"{_RESUME} to continue or " if checkpoint.is_file() else ""
         raise InputError(
-            f"out_dir {out} is not empty: pass {hint}overwrite=True, or choose another"
+            f"{_OUT} {out} is not empty: pass {hint}{_OVERWRITE}, or choose another"
         )
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise InputError(f"cannot write to out_dir {out}: {existing} is not a directory")
+        raise InputError(f"cannot write to {_OUT} {out}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to out_dir {out}: {existing} is not writable")
+        raise InputError(f"cannot write to {_OUT} {out}: {existing} is not writable")
 
 
 @contextlib.contextmanager
@@ -80,7 +81,7 @@ def make_staging(out: Path) -> Path:
         staging.chmod(0o777 & ~UMASK)  # mkdtemp makes it 0700; it becomes the output folder
         return staging
     except OSError as exc:
-        raise InputError(f"cannot write to out_dir {out}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot write to {_OUT} {out}: {exc.strerror or exc}") from None
 
 
 def publish(staging: Path, out: Path) -> None:

@@ -92,11 +92,12 @@ def compress(
         timing["load_s"] = time.perf_counter() - started
 
         names = [p.name for p in planned]
-        if method_class(recipe.sparsity.method).trains == "factors":
+        factors = method_class(recipe.sparsity.method).trains == "factors"
+        if factors:
             apply_plan_(model, planned, init=recipe.factorize.init)
         if precision.channels_last:
             model.to(memory_format=torch.channels_last)
-        emit("stage", {"stage": "train", "factorized": len(names)})
+        emit("stage", {"stage": "train", "factorized" if factors else "pruned": len(names)})
         with StopRequest() as stop:
             outcome = train(
                 model, names, data.train_loader, data.eval_loader, recipe, device, emit,

@@ -162,10 +162,9 @@ def _check_report(run: _Run) -> str:
         raise _Fail(f"{REPORT_JSON} is not valid JSON ({first_line(exc)})") from None
     if not isinstance(raw, dict):
         raise _Fail(f"{REPORT_JSON} holds a {type(raw).__name__}, not an object")
-    try:
-        run.report = RunReport.from_dict(raw)
-    except InputError as exc:
-        raise _Fail(f"{REPORT_JSON} is not a dwfc report: {exc}") from None
+    run.report, problems = RunReport.from_sections(raw, strict=True)
+    if problems:  # the other checks go on with the sections that read
+        raise _Fail(f"{REPORT_JSON}: {_listing(problems)}")
     return f"dwfc {run.report.dwfc_version or '?'}, created {run.report.created or '?'}"
 
 

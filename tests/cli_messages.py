@@ -16,5 +16,5 @@ def raises_on_cli(exc_type: type[BaseException], match: str) -> Iterator[pytest.
     """`pytest.raises(exc_type, match=match)`, matched against the message as the CLI shows it."""
     with pytest.raises(exc_type) as info:
         yield info
-    shown = for_cli(str(info.value))
+    shown = for_cli(info.value)
     assert re.search(match, shown), f"{match!r} does not match {shown!r}"

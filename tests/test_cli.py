@@ -13,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 import dwfc
 from dwfc.cli import app
+from dwfc.errors import InputError
 
 ARCH = "dwfc.zoo:lenet_300_100"
 TINY = ["train.epochs=1", "sparsity.finetune_epochs=0"]  # about the smallest run there is
@@ -217,6 +218,21 @@ def test_nonempty_out_exits_2_without_overwrite(files: Files) -> None:
     assert_one_line_error(result, "not empty", "--overwrite")
     assert [p.name for p in files.out.iterdir()] == ["notes.txt"]
     assert (files.out / "notes.txt").read_text() == "mine\n"
+
+
+def test_library_messages_name_recipe_keys_and_the_cli_shows_flags(files: Files) -> None:
+    """Only what the library marks as a key becomes a flag: an output folder that happens to be
+    called out_dir stays as it is, and so do `key=value` examples."""
+    out = files.out.parent / "out_dir"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    with pytest.raises(InputError) as info:
+        dwfc.compress(files.state_dict, out, dwfc.load_recipe("default", [f"model.arch={ARCH}"]))
+    assert str(info.value) == f"out_dir {out} is not empty: pass overwrite=True, or choose another"
+    result = invoke("compress", files.state_dict, "--arch", ARCH, "--out", out, "--quiet")
+    assert_one_line_error(result, f"--out {out} is not empty: pass --overwrite, or choose another")
+    result = invoke("plan", files.state_dict, "--arch", ARCH, "epochs=3")
+    assert_one_line_error(result, "e.g. train.epochs=10")
 
 
 # --------------------------------------------------------------------------- other commands

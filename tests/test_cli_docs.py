@@ -1,4 +1,4 @@
-"""docs/cli.md is generated from the Typer app (dwfc.cli_docs) and must match it exactly."""
+"""docs/cli.md is generated from the Typer app (dwfc.cli.docs) and must match it exactly."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def rendered() -> str:
 def test_cli_md_is_current(rendered: str) -> None:
     current = CLI_MD.read_text(encoding="utf-8") if CLI_MD.is_file() else ""
     assert current == rendered, (
-        "docs/cli.md is stale: it differs from what dwfc.cli_docs renders from the CLI (the "
+        "docs/cli.md is stale: it differs from what dwfc.cli.docs renders from the CLI (the "
         "CLI or the generator changed, or the file was edited by hand). Regenerate it from the "
         f"repository root with `{REGENERATE}` and commit the result."
     )

@@ -270,7 +270,7 @@ def test_image_folder_val_extra_class(tmp_path):
 def test_missing_files_name_the_expected_path(tmp_path, name, expected):
     with pytest.raises(InputError) as info:
         load_data_config(DataConfig(source=name, root=str(tmp_path)))
-    msg = for_cli(str(info.value))
+    msg = for_cli(info.value)
     assert msg.startswith(f"--data {name}: {tmp_path / expected} not found")
     assert "\n" not in msg
 

@@ -148,3 +148,17 @@ def test_a_second_divergence_in_an_epoch_restarts_from_the_epoch_before(monkeypa
     dwf_epochs = [row["epoch"] for row in outcome.history if row["phase"] != "finetune"]
     assert dwf_epochs == sorted(dwf_epochs) and dwf_epochs[-1] == 4  # history rewound too
     assert "after_finetune" in outcome.accuracy
+
+
+def test_dwf_sparsifies_only_the_weights_it_is_given():
+    """Factorized but not named: trained without decay and never cut."""
+    train_loader, test = loaders()
+    model = mlp()
+    dwfc.factorize_(model, depth=3)
+    recipe = load_recipe("default", [*TINY, "sparsity.target=0.8"])
+    train(model, ["0.weight"], train_loader, test, recipe, torch.device("cpu"))
+    dwfc.collapse_(model)
+    assert int((model[0].weight == 0).sum()) == round(0.8 * model[0].weight.numel())
+    assert int((model[2].weight == 0).sum()) == 0
+    with pytest.raises(InputError, match="no weight selected"):
+        train(mlp(), [], train_loader, test, recipe, torch.device("cpu"))

@@ -228,3 +228,10 @@ def test_factorize_selects_what_compress_selects_by_default():
     assert {"embed.weight", "attn.in_proj_weight", "attn.out_proj.weight", "lstm.weight_hh_l0",
             "gru.weight_ih_l0", "conv.weight", "deconv.weight", "head.weight"} <= set(planned)
     assert not any(name.startswith(("norm.", "bn.")) or "bias" in name for name in planned)
+
+
+def test_factorizing_twice_is_refused():
+    model = _net()
+    dwfc.factorize_(model, depth=3)
+    with pytest.raises(InputError, match="already parametrized"):
+        dwfc.factorize_(model, depth=3)

@@ -264,7 +264,7 @@ def test_torchscript(tmp_path, net, batch, kind, trust):
     torch.jit.save(scripted, str(path))
     with pytest.raises(InputError) as info:
         load_model(path, arch=ARCH, trust_model=trust)
-    msg = for_cli(str(info.value))
+    msg = for_cli(info.value)
     assert msg.startswith(f"{path} is a TorchScript archive: dwfc needs a trainable module: ")
     assert "model.state_dict()" in msg and "--arch" in msg and "\n" not in msg
 

@@ -187,3 +187,18 @@ def test_not_a_folder_is_an_input_error(tmp_path: Path) -> None:
         verify_run(tmp_path / "absent")
     with pytest.raises(InputError, match="batch size"):
         verify_run(tmp_path, batch_size=0)
+
+
+def test_a_malformed_report_section_fails_only_the_report_check(run_dir: Path) -> None:
+    _edit_report(run_dir, lambda r: r["timing"].update(total_s="n/a"))
+    result = verify_run(run_dir)
+    assert result["failures"] == ["report"]
+    assert "timing.total_s" in _detail(result, "report")
+    assert _status(result)["hashes"] == _status(result)["sparsity"] == "passed"
+
+
+def test_numbers_written_as_strings_are_not_taken_for_numbers(run_dir: Path) -> None:
+    _edit_report(run_dir, lambda r: r["layers"][0].update(nonzero=str(r["layers"][0]["nonzero"])))
+    result = verify_run(run_dir)
+    assert "report" in result["failures"]
+    assert "layers.0.nonzero" in _detail(result, "report")

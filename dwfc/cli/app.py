@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from dwfc import __version__
+from dwfc._version import __version__
 from dwfc.cli.options import (
     ArchKwargOpt,
     ArchOpt,
@@ -41,7 +41,7 @@ from dwfc.cli.text import (
     format_verification,
 )
 from dwfc.config import Recipe, builtin_recipes, load_recipe
-from dwfc.errors import DwfcError, InputError, QualityGateFailed
+from dwfc.errors import DwfcError, InputError, Interrupted, QualityGateFailed
 from dwfc.report.format import jsonable
 from dwfc.report.schema import RunReport
 
@@ -67,22 +67,21 @@ def _errors(as_json: bool = False) -> Iterator[None]:
     try:
         yield
     except DwfcError as exc:
-        message = for_cli(str(exc))
+        message = for_cli(exc)
         err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         if as_json:
             _print_json({"ok": False, "error": message, "exit_code": exc.exit_code})
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]: no output was written")
-        raise typer.Exit(130) from None
+        raise typer.Exit(Interrupted.exit_code) from None
 
 
 def _summary(report: RunReport, out_dir: Path) -> None:
     for line in compress_summary(report, str(out_dir)):
         out.print(line)
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {escape(for_cli(warning))}", highlight=False,
-                  soft_wrap=True)  # fmt: skip
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -65,7 +65,8 @@ class RichProgress:
         if not self.enabled:
             return
         if event == "stage":
-            extra = f": {info['factorized']} weights factorized" if "factorized" in info else ""
+            kind = next((k for k in ("factorized", "pruned") if k in info), None)
+            extra = f": {info[kind]} weights {kind}" if kind else ""
             self._print(f"{info['stage']}{extra}")
         elif event == "phase":
             self._offset = info.get("first_step", 0)

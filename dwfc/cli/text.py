@@ -10,26 +10,25 @@ from typing import Any
 from torch import nn
 
 from dwfc.cli.options import FLAG_KEYS
+from dwfc.errors import KEY_MARK, DwfcError
 from dwfc.outputs import ONNX, REPORT_JSON, REPORT_MD, SAFETENSORS
 from dwfc.report.schema import AccuracyInfo, RunReport, SparsityInfo
 from dwfc.select import PlannedWeight, plan_summary
 
-# A recipe key in prose becomes its flag; a quoted one ('sparsity.target') is about the key.
-_NAMES = re.compile(
-    r"(?<![\w.'])("
-    + "|".join(re.escape(k) for k in sorted(FLAG_KEYS.values(), key=len, reverse=True))
-    + r")(?![\w'])"
-)
+_NAMED = re.compile(f"{KEY_MARK}([^{KEY_MARK}]*){KEY_MARK}")
 _FLAG_OF = {key: flag for flag, key in FLAG_KEYS.items()}
 
 
-def for_cli(message: str) -> str:
-    """A library message with the recipe keys and arguments it names shown as their flags.
+def for_cli(error: BaseException | str) -> str:
+    """A library message as the command line shows it: each recipe key or `compress` argument it
+    names (`dwfc.errors.named`) as its flag, where it has one.
 
     Example:
-        for_cli("data.source cifar10 needs data.root")  # '--data cifar10 needs --data-root'
+        for_cli(InputError(f"{named('data.source')} cifar10 needs {named('data.root')}"))
+        # '--data cifar10 needs --data-root'
     """
-    return _NAMES.sub(lambda m: _FLAG_OF[m.group(1)], message)
+    text = error.marked() if isinstance(error, DwfcError) else str(error)
+    return _NAMED.sub(lambda m: _FLAG_OF.get(m.group(1), m.group(1)), text)
 
 
 def compress_summary(report: RunReport, out_dir: str) -> list[str]:

@@ -21,6 +21,7 @@ from dwfc.config import DataConfig
 from dwfc.data import bundled, factory, torchvision_sets
 from dwfc.data.bundled import MNIST_MEAN, MNIST_STD, mnist5k
 from dwfc.data.describe import num_classes, sample_shape
+from dwfc.data.torchvision_sets import SOURCE
 from dwfc.errors import InputError
 
 __all__ = [
@@ -107,12 +108,12 @@ def load_data(source: str, **options: Any) -> tuple[Dataset, Dataset]:
     unknown = sorted(set(options) - fields)
     if unknown:
         raise InputError(
-            f"data.source {key} does not accept options {unknown}: it takes "
+            f"{SOURCE} {key} does not accept options {unknown}: it takes "
             f"{', '.join(sorted(fields))}"
         )
     try:
         cfg = DataConfig(source=key, **options)
     except ValidationError as e:
         first = e.errors()[0]
-        raise InputError(f"data.source {key}: option {first['loc'][0]}: {first['msg']}") from None
+        raise InputError(f"{SOURCE} {key}: option {first['loc'][0]}: {first['msg']}") from None
     return load_data_config(cfg)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from dwfc.config import DataConfig
+from dwfc.data.torchvision_sets import ROOT, SOURCE
 from dwfc.errors import DwfcError, InputError
 
 MNIST_MEAN = 0.1307
@@ -96,7 +97,7 @@ def split(**options: Any) -> tuple[TensorDataset, TensorDataset]:
 def load(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
     """The (train, eval) pair the recipe's `data` section describes for source mnist5k."""
     if cfg.root is not None:
-        raise InputError("data.source mnist5k is bundled with dwfc: drop data.root")
+        raise InputError(f"{SOURCE} mnist5k is bundled with dwfc: drop {ROOT}")
     train, test = split(**cfg.options)  # no augmentation for digits
     return _transformed(train, cfg), _transformed(test, cfg)
 

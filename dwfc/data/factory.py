@@ -8,7 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from dwfc.config import DataConfig
-from dwfc.data.torchvision_sets import TRANSFORM_KEYS
+from dwfc.data.torchvision_sets import SOURCE, TRANSFORM_KEYS
 from dwfc.errors import InputError
 from dwfc.models import import_object
 
@@ -19,7 +19,7 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     given = [k for k in TRANSFORM_KEYS if getattr(cfg, k) not in (None, False)]
     if given:
         raise InputError(
-            f"data.{given[0]} does not apply to data.source {source}: a factory's datasets bring "
+            f"data.{given[0]} does not apply to {SOURCE} {source}: a factory's datasets bring "
             "their own transforms; drop it or apply it in the factory"
         )
     options = dict(cfg.options)
@@ -29,16 +29,16 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset]:
 
 
 def call_factory(source: str, options: dict[str, Any]) -> tuple[Dataset, Dataset]:
-    factory = import_object(source, "data.source")
+    factory = import_object(source, SOURCE)
     if not callable(factory):
-        raise InputError(f"data.source {source!r} is a {type(factory).__name__}, not a callable")
+        raise InputError(f"{SOURCE} {source!r} is a {type(factory).__name__}, not a callable")
     try:
         result = factory(**options)
     except InputError:
         raise
     except TypeError as e:
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no arguments"
-        raise InputError(f"data.source {source!r} could not be called with {shown}: {e}") from e
+        raise InputError(f"{SOURCE} {source!r} could not be called with {shown}: {e}") from e
     return _check_pair(source, result)
 
 
@@ -50,12 +50,12 @@ def _check_pair(source: str, result: Any) -> tuple[Dataset, Dataset]:
             else f"a {type(result).__name__}"
         )
         raise InputError(
-            f"data.source {source!r} must return a (train, eval) pair of torch Datasets, got {got}"
+            f"{SOURCE} {source!r} must return a (train, eval) pair of torch Datasets, got {got}"
         )
     for role, ds in zip(("train", "eval"), result, strict=True):
         if not isinstance(ds, Dataset):
             raise InputError(
-                f"data.source {source!r} returned a {type(ds).__name__} as the {role} set, "
+                f"{SOURCE} {source!r} returned a {type(ds).__name__} as the {role} set, "
                 "not a torch.utils.data.Dataset"
             )
         try:
@@ -63,5 +63,5 @@ def _check_pair(source: str, result: Any) -> tuple[Dataset, Dataset]:
         except TypeError:
             continue  # an IterableDataset may not know its length
         if size == 0:
-            raise InputError(f"data.source {source!r} returned an empty {role} set")
+            raise InputError(f"{SOURCE} {source!r} returned an empty {role} set")
     return result[0], result[1]

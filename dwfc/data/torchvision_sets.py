@@ -15,11 +15,12 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from dwfc.config import DataConfig
-from dwfc.errors import InputError, first_line
+from dwfc.errors import InputError, first_line, named
 
 __all__ = ["SPECS", "TRANSFORM_KEYS", "DatasetSpec", "load_builtin", "make_transforms"]
 
 TRANSFORM_KEYS = ("image_size", "mean", "std", "augment")  # the data fields of the transforms
+SOURCE, ROOT = named("data.source"), named("data.root")
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -73,17 +74,17 @@ SPECS: dict[str, DatasetSpec] = {
         ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
          "test_batch", "batches.meta"),
         32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop-flip",
-        "extract cifar-10-python.tar.gz under data.root (dwfc never downloads)",
+        f"extract cifar-10-python.tar.gz under {ROOT} (dwfc never downloads)",
     ),
     "cifar100": DatasetSpec(
         "CIFAR100", "cifar-100-python", ("train", "test", "meta"),
         32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip",
-        "extract cifar-100-python.tar.gz under data.root (dwfc never downloads)",
+        f"extract cifar-100-python.tar.gz under {ROOT} (dwfc never downloads)",
     ),
     "svhn": DatasetSpec(
         "SVHN", "", ("train_32x32.mat", "test_32x32.mat"),
         32, 3, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "crop",
-        "put train_32x32.mat and test_32x32.mat in data.root (dwfc never downloads)",
+        f"put train_32x32.mat and test_32x32.mat in {ROOT} (dwfc never downloads)",
     ),
     "imagefolder": DatasetSpec(
         "ImageFolder", "", ("train", "val"), 224, 3, _IMAGENET_MEAN, _IMAGENET_STD,
@@ -96,7 +97,7 @@ def _import_torchvision(name: str) -> Any:
     try:
         import torchvision
     except ImportError as e:
-        raise InputError(f"data.source {name} needs torchvision: pip install 'dwfc[vision]'") from e
+        raise InputError(f"{SOURCE} {name} needs torchvision: pip install 'dwfc[vision]'") from e
     return torchvision
 
 
@@ -106,7 +107,7 @@ def _normalisation(name: str, spec: DatasetSpec, cfg: DataConfig) -> tuple[list[
     for key, values in (("mean", mean), ("std", std)):
         if len(values) not in (1, spec.channels):
             raise InputError(
-                f"data.{key} has {len(values)} values but data.source {name} images have "
+                f"data.{key} has {len(values)} values but {SOURCE} {name} images have "
                 f"{spec.channels} channel(s): give 1 or {spec.channels} values"
             )
     if any(s <= 0 for s in std):
@@ -155,10 +156,10 @@ def _root(name: str, spec: DatasetSpec, root: str | None) -> Path:
             if spec.folder
             else ("the folder that holds " + " and ".join(spec.files))
         )
-        raise InputError(f"data.source {name} needs data.root: {where}")
+        raise InputError(f"{SOURCE} {name} needs {ROOT}: {where}")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise InputError(f"data.source {name}: data.root {path} is not an existing folder")
+        raise InputError(f"{SOURCE} {name}: {ROOT} {path} is not an existing folder")
     return path
 
 
@@ -184,7 +185,7 @@ def _hint(spec: DatasetSpec, root: Path, missing: Path) -> str:
     parts = Path(spec.folder, spec.files[0]).parts
     for k in range(1, len(parts)):
         if (root / Path(*parts[k:])).exists():
-            return f"; data.root looks one level too deep: pass {root.resolve().parents[k - 1]}"
+            return f"; {ROOT} looks one level too deep: pass {root.resolve().parents[k - 1]}"
     return ""
 
 
@@ -192,7 +193,7 @@ def _check_files(name: str, spec: DatasetSpec, root: Path) -> None:
     missing = _missing(spec, root)
     if missing is not None:
         raise InputError(
-            f"data.source {name}: {missing} not found: {spec.layout}{_hint(spec, root, missing)}"
+            f"{SOURCE} {name}: {missing} not found: {spec.layout}{_hint(spec, root, missing)}"
         )
 
 
@@ -205,21 +206,21 @@ def _open_torchvision(name: str, spec: DatasetSpec, root: Path, train: bool, tf:
         return getattr(datasets, spec.cls)(str(root), transform=tf, download=False, **split)
     except ImportError as e:
         raise InputError(
-            f"data.source {name} needs {e.name or 'scipy'} to read its files: "
+            f"{SOURCE} {name} needs {e.name or 'scipy'} to read its files: "
             "pip install 'dwfc[vision]'"
         ) from e
     except RuntimeError as e:
         if "not found" in str(e).lower():
             raise InputError(
-                f"data.source {name}: the files under {root / spec.folder} do not pass "
+                f"{SOURCE} {name}: the files under {root / spec.folder} do not pass "
                 f"torchvision's {spec.cls} checksums (corrupt, incomplete or another version?)"
             ) from e
         raise InputError(
-            f"data.source {name}: cannot read {root / spec.folder}: {first_line(e)}"
+            f"{SOURCE} {name}: cannot read {root / spec.folder}: {first_line(e)}"
         ) from e
     except Exception as e:
         raise InputError(
-            f"data.source {name}: cannot read {root / spec.folder} ({type(e).__name__}: "
+            f"{SOURCE} {name}: cannot read {root / spec.folder} ({type(e).__name__}: "
             f"{first_line(e)})"
         ) from e
 
@@ -232,7 +233,7 @@ def _image_folder(root: Path, train_tf: Any, eval_tf: Any) -> tuple[Dataset, Dat
             return datasets.ImageFolder(str(root / split), transform=tf, allow_empty=allow_empty)
         except (FileNotFoundError, OSError) as e:
             raise InputError(
-                f"data.source imagefolder: {root / split}: {first_line(e)} "
+                f"{SOURCE} imagefolder: {root / split}: {first_line(e)} "
                 "(expected one subfolder of images per class)"
             ) from e
 
@@ -241,7 +242,7 @@ def _image_folder(root: Path, train_tf: Any, eval_tf: Any) -> tuple[Dataset, Dat
     extra = [c for c in val.classes if c not in train.class_to_idx]
     if extra:
         raise InputError(
-            f"data.source imagefolder: {root / 'val'} has classes that {root / 'train'} lacks: "
+            f"{SOURCE} imagefolder: {root / 'val'} has classes that {root / 'train'} lacks: "
             f"{', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
         )
     if val.classes != train.classes:  # val lacks some classes: use train's label numbers
@@ -251,7 +252,7 @@ def _image_folder(root: Path, train_tf: Any, eval_tf: Any) -> tuple[Dataset, Dat
         val.targets = [t for _, t in val.samples]
         val.classes, val.class_to_idx = list(train.classes), dict(train.class_to_idx)
     if len(val) == 0:
-        raise InputError(f"data.source imagefolder: {root / 'val'} holds no images")
+        raise InputError(f"{SOURCE} imagefolder: {root / 'val'} holds no images")
     return train, val
 
 
@@ -265,8 +266,8 @@ def load_builtin(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     spec = SPECS[name]
     if cfg.options:
         raise InputError(
-            f"data.source {name} takes no data.options (got {', '.join(sorted(cfg.options))}): "
-            "use data.root, data.image_size, data.mean, data.std and data.augment"
+            f"{SOURCE} {name} takes no data.options (got {', '.join(sorted(cfg.options))}): "
+            f"use {ROOT}, data.image_size, data.mean, data.std and data.augment"
         )
     root = _root(name, spec, cfg.root)
     _check_files(name, spec, root)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dwfc._atomic import atomic_path
-from dwfc.errors import InputError, first_line
+from dwfc.errors import InputError, first_line, named
 
 FORMAT_VERSION = 2  # 2: one engine for every method, its state under "method"
 
@@ -99,9 +99,9 @@ def load_for_resume(path: Path, recipe_dump: dict[str, Any]) -> dict[str, Any]:
     for section, values in recipe_dump.items():
         for key, value in values.items():
             if section not in ("export", "gates") and saved.get(section, {}).get(key) != value:
+                was = saved.get(section, {}).get(key)
                 raise InputError(
-                    f"resume=True: recipe key '{section}.{key}' is {value!r} but the checkpoint "
-                    f"was made with {saved.get(section, {}).get(key)!r}; resume with the same "
-                    "settings"
+                    f"{named('resume=True')}: recipe key '{section}.{key}' is {value!r} but the "
+                    f"checkpoint was made with {was!r}; resume with the same settings"
                 )
     return payload

@@ -9,7 +9,6 @@ anyway so a rounding difference can never split the ranks.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -95,11 +94,6 @@ def broadcast_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def barrier() -> None:
     if tdist.is_initialized():
         tdist.barrier()
-
-
-def unwrap(model: Any) -> Any:
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def broadcast_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from dwfc.engine.device import FP32, Precision, flush_denormal
 from dwfc.engine.loop import evaluate, run_epoch
 from dwfc.engine.outcome import HistoryRow, TrainOutcome
 from dwfc.engine.schedule import Schedule
-from dwfc.errors import Interrupted, OutputError, TrainingDiverged
+from dwfc.errors import Interrupted, OutputError, TrainingDiverged, named
 from dwfc.methods import Method, method_class
 from dwfc.methods.base import FINETUNE, SPARSIFY
 from dwfc.sparsity import fraction_below
@@ -189,10 +189,11 @@ class Trainer:
             except TrainingDiverged as exc:
                 if self.outcome.retries >= self.recipe.train.max_retries:
                     kept = self.checkpoint is not None and self.checkpoint.exists()
+                    penalty = self.method.ctl is not None
+                    lower = "train.lr" + (" or sparsity.lambda_max" if penalty else "")
                     raise TrainingDiverged(
                         f"training diverged: {exc}, and {self.outcome.retries} restarts with "
-                        "halved learning rates did not help; lower train.lr or "
-                        "sparsity.lambda_max"
+                        f"halved learning rates did not help; lower {lower}"
                         + (f"; the last good checkpoint stays in {self.checkpoint}" if kept else "")
                     ) from None
                 retries, factor = self.outcome.retries + 1, self.outcome.lr_factor * 0.5
@@ -209,11 +210,11 @@ class Trainer:
             self.step = step
             if stopped:
                 self._save(self.state(batches_done, start_loader))
-                raise Interrupted(
-                    f"interrupted: checkpoint saved in {self.checkpoint}; rerun with resume=True "
-                    "to continue" if self.checkpoint else "interrupted: no checkpoint (checkpoints "
-                    "are off), no output was written"
-                )  # fmt: skip
+                if self.checkpoint is None:
+                    raise Interrupted("interrupted: no checkpoint (checkpoints are off), no "
+                                      "output was written")  # fmt: skip
+                raise Interrupted(f"interrupted: checkpoint saved in {self.checkpoint}; rerun "
+                                  f"with {named('resume=True')} to continue")  # fmt: skip
             return
 
     def _end_of_epoch(self) -> None:
@@ -283,8 +284,8 @@ def train(
 
     Example:
         dwfc.factorize_(model, depth=3)
-        outcome = train(model, ["0.weight"], train_loader, eval_loader, load_recipe(),
-                        torch.device("cpu"))
+        names = [fw.name for fw in dwfc.factorized_weights(model)]
+        outcome = train(model, names, train_loader, eval_loader, load_recipe(), torch.device("cpu"))
     """
     schedule = Schedule.of(recipe, len(train_loader))
     method = method_class(recipe.sparsity.method)(model, names, recipe, schedule)

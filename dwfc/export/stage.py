@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dwfc import __version__
+from dwfc._version import __version__
 from dwfc.config import Recipe
 from dwfc.errors import ExportCheckError
 from dwfc.export.onnx_file import SPARSE_ONNX_NOTE, export_onnx, export_sparse_onnx

@@ -65,8 +65,8 @@ class Method(ABC):
         """The optimizer's parameter groups: every trainable parameter of the model."""
 
     @abstractmethod
-    def set_masks(self, masks: dict[str, Tensor], opt: Optimizer | None) -> None:
-        """Put `masks` (1 keeps, 0 prunes; the same on every rank) into force."""
+    def set_masks(self, masks: dict[str, Tensor] | None, opt: Optimizer | None) -> None:
+        """Put `masks` (1 keeps, 0 prunes; the same on every rank) into force; None: none."""
 
     # -- hooks ---------------------------------------------------------------------------
     def start(self, trainer: Trainer) -> None:  # noqa: B027 - an optional hook
@@ -135,7 +135,6 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore masks and controller; called before the model's own state is loaded."""
         self.final = state["final"]
-        if state["masks"] is not None:
-            self.set_masks(state["masks"], None)
+        self.set_masks(state["masks"], None)
         if self.ctl is not None:
             self.ctl.load_state_dict(state["controller"])

@@ -41,8 +41,11 @@ def lr_scales(
 
 
 def _param_groups(model: nn.Module, scales: dict[str, float]) -> list[dict[str, Any]]:
+    """One group per factorized weight in `scales` (decayed, its own rate), one for the rest."""
     groups, factor_ids = [], set()
     for fw in factorized_weights(model):
+        if fw.name not in scales:  # factorized, but not to be sparsified: trained plainly
+            continue
         groups.append({"params": fw.factors, "lr_scale": scales[fw.name], "factor": True,
                        "depth": fw.parametrization.depth})  # fmt: skip
         factor_ids.update(id(f) for f in fw.factors)
@@ -65,6 +68,8 @@ class Dwf(Method):
     trains = "factors"
 
     def __init__(self, model: nn.Module, names: list[str], recipe: Recipe, schedule: Schedule):
+        if not names:
+            raise InputError("sparsity.method=dwf: no weight selected to sparsify")
         factorized = {fw.name: fw for fw in factorized_weights(model)}
         missing = [n for n in names if n not in factorized]
         if missing:
@@ -85,7 +90,12 @@ class Dwf(Method):
     def param_groups(self) -> list[dict[str, Any]]:
         return _param_groups(self.model, self.scales)
 
-    def set_masks(self, masks: dict[str, Tensor], opt: Optimizer | None) -> None:
+    def set_masks(self, masks: dict[str, Tensor] | None, opt: Optimizer | None) -> None:
+        if masks is None:
+            self.masks = None
+            for fw in self._factorized:
+                fw.parametrization.mask = None
+            return
         self.masks = {n: m.bool() for n, m in masks.items()}
         set_masks(self.model, self.masks)
 

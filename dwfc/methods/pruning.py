@@ -49,7 +49,10 @@ class PrunedWeights(Method):
             groups.append({"params": others, "pruned": False})
         return groups
 
-    def set_masks(self, masks: dict[str, Tensor], opt: Optimizer | None) -> None:
+    def set_masks(self, masks: dict[str, Tensor] | None, opt: Optimizer | None) -> None:
+        if masks is None:
+            self.masks = None
+            return
         self.masks = {n: m.to(self.params[n].device).bool() for n, m in masks.items()}
         self.apply_masks(opt)
 

@@ -20,24 +20,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from dwfc.errors import InputError, first_line
+from dwfc.errors import InputError, first_line, named
 
 __all__ = ["PickledModule", "read_model_file", "short_reason", "sniff_format"]
 
 _PASS_INSTEAD = (
     "pass the PyTorch weights instead: a state dict (torch.save(model.state_dict(), 'model.pt') "
-    "or a .safetensors file) with model.arch"
+    f"or a .safetensors file) with {named('model.arch')}"
 )
 # Formats dwfc cannot fine-tune: what the file is, and how to get a state dict out of it.
 _UNTRAINABLE = {
     "torchscript": (
         "a TorchScript archive",
-        "pass the state dict (model.state_dict()) with model.arch; "
+        f"pass the state dict (model.state_dict()) with {named('model.arch')}; "
         "torch.jit.load(path).state_dict() recovers it",
     ),
     "torch-export": (
         "a torch.export program",
-        "pass the state dict (model.state_dict()) with model.arch; "
+        f"pass the state dict (model.state_dict()) with {named('model.arch')}; "
         "torch.export.load(path).state_dict recovers it",
     ),
     "onnx": ("an ONNX model", _PASS_INSTEAD),
@@ -169,8 +169,8 @@ def _load_checked(file: Path, trust_model: bool) -> tuple[Any, list[str]]:
     if not trust_model:
         raise PickledModule(
             f"{file} is a pickled module; loading it runs code from the file. Allow it with "
-            "model.trust_model if you trust it, or save a state dict and name its architecture "
-            "with model.arch"
+            f"{named('model.trust_model')} if you trust it, or save a state dict and name its "
+            f"architecture with {named('model.arch')}"
         ) from safe_error
     try:
         obj = _torch_load(file, weights_only=False)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dwfc.errors import InputError
+from dwfc.errors import InputError, named
 from dwfc.models.files import read_model_file, short_reason
 
 __all__ = [
@@ -44,6 +44,7 @@ _PREFIXES = {
 # Keyword arguments through which torchvision builders fetch pretrained weights.
 _DOWNLOAD_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
 _ARCH_FORMS = "'torchvision:NAME' or 'package.module:factory'"
+ARCH = named("model.arch")
 
 
 def import_object(spec: str, what: str) -> Any:
@@ -108,15 +109,15 @@ def build_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> nn.M
         'LeNet5'
     """
     if not isinstance(arch, str):
-        raise InputError(f"model.arch expects {_ARCH_FORMS}, got {arch!r}")
+        raise InputError(f"{ARCH} expects {_ARCH_FORMS}, got {arch!r}")
     kwargs = dict(arch_kwargs or {})
     module_name, sep, name = arch.strip().partition(":")
     if sep and module_name.strip() == "torchvision":
         return _build_torchvision(arch, name.strip(), kwargs)
-    factory = import_object(arch, "model.arch")
+    factory = import_object(arch, ARCH)
     if not callable(factory):
         raise InputError(
-            f"model.arch {arch!r} is a {type(factory).__name__}, not a callable factory"
+            f"{ARCH} {arch!r} is a {type(factory).__name__}, not a callable factory"
         )
     if str(getattr(factory, "__module__", "")).split(".")[0] == "torchvision":
         kwargs = _without_downloads(arch, factory, kwargs)
@@ -128,7 +129,7 @@ def _build_torchvision(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Modul
         import torchvision.models as tvm
     except ImportError as e:
         raise InputError(
-            f"model.arch {arch!r} needs torchvision: pip install 'dwfc[vision]', "
+            f"{ARCH} {arch!r} needs torchvision: pip install 'dwfc[vision]', "
             "or pass a 'package.module:factory'"
         ) from e
     names = tvm.list_models()
@@ -141,7 +142,7 @@ def _build_torchvision(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Modul
             else f"e.g. {', '.join(n for n in ('resnet18', 'mobilenet_v2', 'vgg11') if n in names)}"
         )
         raise InputError(
-            f"model.arch {arch!r}: torchvision has no model {name!r}; {hint} "
+            f"{ARCH} {arch!r}: torchvision has no model {name!r}; {hint} "
             "(torchvision.models.list_models() lists them all)"
         )
     kwargs = _without_downloads(arch, tvm.get_model_builder(key), kwargs)
@@ -155,7 +156,7 @@ def _without_downloads(
     for key in _DOWNLOAD_KWARGS:
         if kwargs.get(key) not in (None, False):
             raise InputError(
-                f"model.arch {arch!r}: {key}={kwargs[key]!r} would download pretrained weights; "
+                f"{ARCH} {arch!r}: {key}={kwargs[key]!r} would download pretrained weights; "
                 f"dwfc never downloads: drop {key}, the weights come from your model file"
             )
     try:
@@ -179,11 +180,11 @@ def _call_factory(arch: str, factory: Callable[..., Any], kwargs: dict[str, Any]
             or "no arguments"
         )
         raise InputError(
-            f"model.arch {arch!r} could not be built with {shown}: {short_reason(e)}"
+            f"{ARCH} {arch!r} could not be built with {shown}: {short_reason(e)}"
         ) from e
     if not isinstance(model, nn.Module):
         raise InputError(
-            f"model.arch {arch!r} returned a {type(model).__name__}, not a torch.nn.Module"
+            f"{ARCH} {arch!r} returned a {type(model).__name__}, not a torch.nn.Module"
         )
     return model
 
@@ -227,8 +228,7 @@ def load_model_with_notes(
         return weights.to("cpu").eval(), notes
     if arch is None:
         raise InputError(
-            f"{file} is a state dict: pass model.arch=torchvision:NAME or "
-            "model.arch=package.module:factory"
+            f"{file} is a state dict: pass {ARCH} (torchvision:NAME or package.module:factory)"
         )
     model = build_model(arch, arch_kwargs)
     if arch.strip().startswith("torchvision:"):
@@ -296,8 +296,8 @@ def _not_weights_message(file: Path, obj: Any) -> str:
         )
     return (
         f"{file} holds a {type(obj).__name__}, not a state dict or nn.Module: "
-        "save model.state_dict() and name its architecture with model.arch, or save the "
-        "whole module"
+        f"save model.state_dict() and name its architecture with {ARCH}, or save the whole "
+        "module"
     )
 
 
@@ -377,11 +377,11 @@ def _load_state_dict(
         problems.append(f"shape mismatch: {_listing(mismatched)}")
     if problems:
         raise InputError(
-            f"state dict in {file} does not fit model.arch {arch}: {'; '.join(problems)}"
+            f"state dict in {file} does not fit {ARCH} {arch}: {'; '.join(problems)}"
         )
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise InputError(
-            f"state dict in {file} does not fit model.arch {arch}: {short_reason(e)}"
+            f"state dict in {file} does not fit {ARCH} {arch}: {short_reason(e)}"
         ) from e

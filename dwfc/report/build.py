@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from dwfc import __version__
+from dwfc._version import __version__
 from dwfc.config import Recipe
 from dwfc.engine.outcome import TrainOutcome
 from dwfc.errors import QualityGateFailed

@@ -156,23 +156,42 @@ class RunReport(_Section):
     recipe: dict[str, Any] | None = None  # the resolved recipe
 
     @classmethod
-    def from_dict(cls, data: Any) -> RunReport:
+    def from_dict(cls, data: Any, *, strict: bool = False) -> RunReport:
         """Read a report mapping (report.json's content); a malformed one is an InputError.
+        `strict`: no conversions (a number written as a string is wrong, not read as one).
 
         Example:
             report = RunReport.from_dict(json.loads(Path("runs/x/report.json").read_text()))
         """
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, strict=strict)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "the report"
-            raise InputError(f"report key '{where}': {first['msg']}") from None
+            raise InputError(_problem(exc)) from None
+
+    @classmethod
+    def from_sections(cls, data: Mapping[str, Any], *, strict: bool = False
+                      ) -> tuple[RunReport, list[str]]:  # fmt: skip
+        """Like `from_dict`, section by section: the report of every top-level entry that reads,
+        and one line for each that does not (`dwfc verify` checks what it can)."""
+        kept, problems = {}, []
+        for key, value in data.items():
+            try:
+                cls.model_validate({key: value}, strict=strict)
+                kept[key] = value
+            except ValidationError as exc:
+                problems.append(_problem(exc))
+        return cls.model_validate(kept, strict=strict), problems
 
     def to_dict(self) -> dict[str, Any]:
         """The plain-JSON mapping report.json holds: recorded keys only, non-finite numbers as
         null."""
         return jsonable(self.model_dump(mode="json", by_alias=True, exclude_unset=True))
+
+
+def _problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "the report"
+    return f"report key '{where}': {first['msg']}"
 
 
 def as_report(report: RunReport | Mapping[str, Any]) -> RunReport:
