@@ -14,6 +14,8 @@ from typing import cast
 
 from dwfc.config import Recipe
 
+SPARSIFY, FINETUNE = "sparsify", "finetune"  # the two phases of every run
+
 
 def cosine(progress: float, min_ratio: float) -> float:
     """1 at progress 0, `min_ratio` at progress 1 and after, a half cosine between."""

@@ -28,10 +28,9 @@ from dwfc.engine.checkpoint import StopRequest, rng_state, save_checkpoint, set_
 from dwfc.engine.device import FP32, Precision, flush_denormal
 from dwfc.engine.loop import evaluate, run_epoch
 from dwfc.engine.outcome import HistoryRow, TrainOutcome
-from dwfc.engine.schedule import Schedule
+from dwfc.engine.schedule import FINETUNE, SPARSIFY, Schedule
 from dwfc.errors import Interrupted, OutputError, TrainingDiverged, named
 from dwfc.methods import Method, method_class
-from dwfc.methods.base import FINETUNE, SPARSIFY
 from dwfc.sparsity import fraction_below
 
 Callback = Callable[[str, dict[str, Any]], None]

@@ -24,15 +24,12 @@ from torch.optim import Optimizer
 
 from dwfc.config import Recipe
 from dwfc.engine import distributed as dist
-from dwfc.engine.schedule import Schedule
+from dwfc.engine.schedule import SPARSIFY, Schedule
 from dwfc.sparsity import SparsityController, fraction_below, layer_rms
 
 if TYPE_CHECKING:
     from dwfc.engine.outcome import HistoryRow, TrainOutcome
     from dwfc.engine.trainer import Trainer
-
-SPARSIFY, FINETUNE = "sparsify", "finetune"  # the engine's two phases
-
 
 class Method(ABC):
     """One sparsification method over the weights `names` of `model`.

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dwfc.config import Recipe
-from dwfc.engine.schedule import Schedule
+from dwfc.engine.schedule import SPARSIFY, Schedule
 from dwfc.errors import InputError
-from dwfc.methods.base import SPARSIFY, Method
+from dwfc.methods.base import Method
 from dwfc.sparsity import fraction_below, global_magnitude_masks
 
 if TYPE_CHECKING:
