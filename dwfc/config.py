@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dwfc.errors import InputError, first_line
 from dwfc.layers import DEFAULT_LAYER_TYPES
@@ -114,6 +122,18 @@ class ExportConfig(_Section):
     opset: int = Field(17, ge=9)
     parity_tolerance: float = Field(1e-4, gt=0)
     sparse_onnx: bool = True  # also write model.sparse.onnx (sparse_initializers) when smaller
+    quantize: Literal["none", "dynamic", "static"] = "none"  # model.int8.onnx (onnxruntime)
+    calibration_batches: int = Field(8, ge=1)  # static int8: training batches to calibrate on
+    latency: bool = True  # onnxruntime latency of original, compressed and int8 in the report
+    latency_rounds: int = Field(5, ge=1)  # interleaved rounds; the report gives their median
+    latency_batches: list[PositiveInt] = Field(default_factory=lambda: [1, 64])
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> ExportConfig:
+        if self.quantize != "none" and not self.onnx:
+            raise ValueError(f"export.quantize={self.quantize} quantizes model.onnx: it needs "
+                             "export.onnx=true")  # fmt: skip
+        return self
 
 
 class GatesConfig(_Section):
@@ -231,6 +251,8 @@ def _format_validation_error(exc: ValidationError) -> str:
         leaf = str(first["loc"][-1])
         where = f"{section_name}." if section and len(first["loc"]) > 1 else ""
         return str(_unknown_key(leaf, valid, where))
+    if isinstance(got, dict):  # a check across a section's keys: the message names them
+        return f"recipe section '{loc}': {message}"
     return f"recipe key '{loc}': {message} (got {got!r})"
 
 

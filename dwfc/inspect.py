@@ -1,7 +1,8 @@
 """`dwfc inspect FILE`: per-tensor shapes, non-zeros and sparsity of a weights file, and totals.
 
 Reads dwfc sparse safetensors files (sparse-bitmask entries shown as one tensor), plain
-safetensors, ONNX models (initializers and sparse_initializers) and PyTorch state dicts
+safetensors, sparse-bitmask files dwfc did not write (compressed-tensors': their parts are
+counted, not decoded), ONNX models (initializers and sparse_initializers) and PyTorch state dicts
 (`torch.load(weights_only=True)`; a checkpoint dict holding one under "state_dict", "model" or
 "model_state_dict" too). Nothing in the file is executed.
 """
@@ -19,7 +20,14 @@ import numpy as np
 import torch
 
 from dwfc.errors import InputError, first_line
-from dwfc.export.sparse_file import FORMAT_KEY, SPARSE_KEYS_KEY, load_sparse, read_metadata
+from dwfc.export.sparse_file import (
+    FORMAT_KEY,
+    SPARSE_KEYS_KEY,
+    SUFFIXES,
+    foreign_bitmask_names,
+    load_sparse,
+    read_metadata,
+)
 from dwfc.models import find_weights
 from dwfc.models.files import PickledModule, read_model_file, sniff_format
 
@@ -30,9 +38,10 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Describe the tensors in a weights file: {"path", "format", "layers", "totals"}.
 
     Each layer row is {name, shape, dtype, weights, nonzero, sparsity, stored}, stored being
-    "sparse-bitmask" | "dense" (safetensors, .pt) | "sparse_initializer" | "initializer"
-    (ONNX). Totals are {tensors, weights, nonzero, sparsity, file_bytes}. A missing, corrupt
-    or unsupported file raises InputError with one line.
+    "sparse-bitmask" | "dense" (safetensors, .pt) | "compressed-tensors bitmask" |
+    "sparse_initializer" | "initializer" (ONNX). Totals are {tensors, weights, nonzero,
+    sparsity, file_bytes}. A missing, corrupt or unsupported file raises InputError with one
+    line.
 
     Example:
         info = inspect_file("runs/lenet/model.safetensors")
@@ -107,8 +116,15 @@ def _tensor_rows(tensors: Mapping[str, Any], stored: Mapping[str, str]) -> list[
     ]
 
 
+FOREIGN_BITMASK = "compressed-tensors sparse-bitmask (not decoded by dwfc)"
+
+
 def _safetensors_layers(p: Path) -> tuple[str, list[dict[str, Any]]]:
     meta = read_metadata(p)
+    if FORMAT_KEY not in meta:
+        foreign = _foreign_rows(p)
+        if foreign is not None:
+            return FOREIGN_BITMASK, foreign
     state = load_sparse(p)  # validates sparse entries; plain files load as they are
     sparse: list[str] = []
     if FORMAT_KEY in meta:
@@ -116,6 +132,26 @@ def _safetensors_layers(p: Path) -> tuple[str, list[dict[str, Any]]]:
     stored = dict.fromkeys(sparse, "sparse-bitmask")
     fmt = "dwfc sparse safetensors" if FORMAT_KEY in meta else "safetensors"
     return fmt, _tensor_rows(state, stored)
+
+
+def _foreign_rows(p: Path) -> list[dict[str, Any]] | None:
+    """Rows of a sparse-bitmask file dwfc did not write: each sparse tensor's shape (its
+    `.shape` part) and stored values (`.compressed`), read without decoding; None otherwise."""
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        names = foreign_bitmask_names(f.keys())
+        if not names:
+            return None
+        parts = {f"{n}.{s}" for n in names for s in SUFFIXES}
+        rows = []
+        for name in names:
+            values = f.get_tensor(f"{name}.compressed")
+            rows.append(_row(name, f.get_tensor(f"{name}.shape").tolist(),
+                             _dtype_name(values.dtype), int(torch.count_nonzero(values)),
+                             "compressed-tensors bitmask"))  # fmt: skip
+        dense = {k: f.get_tensor(k) for k in f.keys() if k not in parts}
+    return rows + _tensor_rows(dense, {})
 
 
 def _onnx_layers(p: Path) -> list[dict[str, Any]]:

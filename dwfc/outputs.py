@@ -15,20 +15,26 @@ from dwfc.errors import InputError, OutputError, named
 SAFETENSORS = "model.safetensors"
 ONNX = "model.onnx"
 SPARSE_ONNX = "model.sparse.onnx"
+INT8_ONNX = "model.int8.onnx"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 LAYER_PLOT = "layer_sparsity.png"
 TRAINING_PLOT = "training.png"
 RECIPE = "recipe.yaml"
 CHECKPOINT = "checkpoint.pt"
+DENSE_SAFETENSORS = "model.dense.safetensors"  # what `dwfc unpack` writes, beside the sparse one
 
 OUTPUT_FILES: tuple[tuple[str, str], ...] = (
     (SAFETENSORS, "the sparse weights in the sparse-bitmask layout ([format.md](format.md)); "
      "`dwfc.load_sparse` restores them"),
-    (ONNX, "the compressed model as dense ONNX; passes `onnx.checker` and matches PyTorch in "
-     "onnxruntime"),
+    (ONNX, "the compressed model as dense ONNX; passes `onnx.checker`'s full check, matches "
+     "PyTorch in onnxruntime, and says in `metadata_props` how to feed it"),
     (SPARSE_ONNX, "the same model with sparse initializers, written only when smaller than "
-     f"`{ONNX}`; onnxruntime expands them to dense on load: it saves disk, not memory"),
+     f"`{ONNX}`; passes `onnx.checker` but not its full check (the report says why); "
+     "onnxruntime expands them to dense on load: it saves disk, not memory"),
+    (INT8_ONNX, "with `--quantize dynamic|static`: the int8 model (onnxruntime quantization, "
+     "weights per channel and symmetric, every pruned weight still exactly zero); its accuracy "
+     "in onnxruntime is in the report"),
     (REPORT_JSON, "everything measured: sparsity, accuracy at each stage, per-layer counts, file "
      "sizes, hashes, timing, training history, warnings, quality gates "
      "([report-schema.md](report-schema.md))"),
@@ -39,7 +45,7 @@ OUTPUT_FILES: tuple[tuple[str, str], ...] = (
     (CHECKPOINT, "during training only: saved after every epoch for `--resume`, removed when "
      "the run finishes"),
 )  # fmt: skip
-MODEL_FILES = (SAFETENSORS, ONNX, SPARSE_ONNX)  # their sizes are in the report
+MODEL_FILES = (SAFETENSORS, ONNX, SPARSE_ONNX, INT8_ONNX)  # their sizes are in the report
 _OUT, _OVERWRITE, _RESUME = named("out_dir"), named("overwrite=True"), named("resume=True")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from dwfc.engine.checkpoint import StopRequest, load_for_resume
 from dwfc.engine.device import Precision, device_name, resolve_device
 from dwfc.engine.loop import evaluate
 from dwfc.engine.trainer import Callback, train
-from dwfc.export.stage import export_outputs
+from dwfc.export.stage import export_original, export_outputs
 from dwfc.factorize import apply_plan_, collapse_
 from dwfc.methods import method_class
 from dwfc.models import count_parameters, load_model_with_notes
@@ -70,6 +71,8 @@ def compress(
     distributed = dist.init(device)
     emit = callback if (callback is not None and dist.is_main()) else _silent
     staging: Path | None = None
+    scratch: Path | None = None
+    original_onnx: Path | None = None
     try:
         torch.manual_seed(recipe.train.seed)
         timing: dict[str, float] = {}
@@ -81,6 +84,9 @@ def compress(
         data = load_run_data(recipe, device)
         example = check_fit(model, data)
         total_params = count_parameters(model)
+        if dist.is_main():  # the model before compression, for the latency comparison
+            scratch = Path(tempfile.mkdtemp(prefix="dwfc-original-"))
+            original_onnx = export_original(model, example, scratch, recipe)
         model.to(device)
         precision = Precision.for_device(device, model, enabled=recipe.train.amp)
 
@@ -124,9 +130,13 @@ def compress(
         staging = make_staging(out)
         aliases = [alias for p in planned for alias in p.aliases]
         with writing(out):
-            exported = export_outputs(model, staging, names + aliases, example,
-                                      data.eval_loader, recipe, sparsity)  # fmt: skip
+            exported = export_outputs(
+                model, staging, names + aliases, example, data.eval_loader, data.train_loader,
+                recipe, sparsity, data.classes, original_onnx,
+            )  # fmt: skip
         accuracy.update(compressed_onnxruntime=exported.onnx_accuracy, **top5)
+        if exported.int8 is not None:
+            accuracy["compressed_int8"] = exported.int8_accuracy
         timing["export_s"] = time.perf_counter() - export_started
         timing["total_s"] = time.perf_counter() - started
         report = build_report(
@@ -135,8 +145,9 @@ def compress(
             input_dtype=str(example.dtype).removeprefix("torch."), device=device_name(device),
             precision=precision.describe(), world_size=dist.world_size(), resumed=resume,
             outcome=outcome, layers=layers, sparsity=sparsity, accuracy=accuracy,
-            onnx=exported.onnx, files=file_sizes(staging, total_params), hashes=exported.hashes,
-            timing=timing,
+            onnx=exported.onnx, int8=exported.int8, latency=exported.latency,
+            files=file_sizes(staging, total_params), hashes=exported.hashes, timing=timing,
+            classes=data.classes,
         )  # fmt: skip
         with writing(out):
             write_text_atomic(staging / RECIPE, recipe_to_yaml(recipe))
@@ -145,7 +156,8 @@ def compress(
         raise_for_gates(report, out)
         return report
     finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        for folder in (staging, scratch):
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
         if distributed:
             dist.shutdown()

@@ -37,6 +37,7 @@ from dwfc.cli.text import (
     compress_summary,
     for_cli,
     format_inspection,
+    format_latency,
     format_plan,
     format_verification,
 )
@@ -95,6 +96,7 @@ def compress(
         str | None, opt("mnist5k, a data set name, or package.module:factory.")
     ] = None,
     data_root: Annotated[str | None, opt("Local folder of the data set.")] = None,
+    image_size: Annotated[int | None, opt("Resize (and centre-crop) images to this size.")] = None,
     arch: ArchOpt = None,
     arch_kwarg: ArchKwargOpt = None,
     trust_model: TrustOpt = False,
@@ -108,6 +110,9 @@ def compress(
     ] = None,
     min_sparsity: Annotated[
         float | None, opt(f"Gate: fail (exit {QualityGateFailed.exit_code}) below this sparsity.")
+    ] = None,
+    quantize: Annotated[
+        str | None, opt("none, dynamic or static: also write model.int8.onnx.")
     ] = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -126,6 +131,7 @@ def compress(
         resolved = _resolve_recipe(
             recipe, overrides, arch_kwarg, trust_model, include, exclude, depth_override,
             depth=depth, target_sparsity=target_sparsity, data=data, data_root=data_root,
+            image_size=image_size, quantize=quantize,
             arch=arch, device=device, epochs=epochs, seed=seed, lr=lr,
             max_accuracy_drop=max_accuracy_drop, min_sparsity=min_sparsity,
         )  # fmt: skip
@@ -229,6 +235,40 @@ def inspect(
             _print_json({"ok": True, **info})
         else:
             out.print(format_inspection(info), highlight=False, markup=False)
+
+
+@app.command()
+def bench(
+    out_dir: Annotated[Path, typer.Argument(help="An output folder of dwfc compress.")],
+    rounds: Annotated[int, opt("Interleaved rounds per setting.")] = 5,
+    batch: Annotated[list[int] | None, opt("Batch size (repeatable; default: the run's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the onnxruntime latency of a run's models again, on this machine."""
+    from dwfc.bench import bench_run
+
+    with _errors(as_json):
+        latency, notes = bench_run(out_dir, rounds=rounds, batches=batch)
+        if as_json:
+            _print_json({"ok": True, "latency": latency.model_dump(), "notes": notes})
+        else:
+            out.print(format_latency(latency, notes), highlight=False, markup=False)
+
+
+@app.command()
+def unpack(
+    path: Annotated[Path, typer.Argument(help="An output folder, or a dwfc .safetensors file.")],
+    to: Annotated[Path | None, opt("Where to write (default: model.dense.safetensors beside).")]
+    = None,
+) -> None:
+    """Write the sparse weights as a plain, dense safetensors file any loader reads."""
+    from dwfc.export.sparse_file import unpack as unpack_file
+    from dwfc.outputs import DENSE_SAFETENSORS, SAFETENSORS
+
+    with _errors():
+        src = path / SAFETENSORS if path.is_dir() else path
+        written = unpack_file(src, to or src.with_name(DENSE_SAFETENSORS))
+        out.print(f"wrote {written}")
 
 
 @app.command("plan")

@@ -20,7 +20,8 @@ def opt(help: str, *names: str) -> Any:
 # Flags that set one recipe key each: the option's parameter name -> the recipe key.
 RECIPE_FLAGS = {
     "depth": "factorize.depth", "target_sparsity": "sparsity.target", "data": "data.source",
-    "data_root": "data.root", "arch": "model.arch", "device": "train.device",
+    "data_root": "data.root", "image_size": "data.image_size", "arch": "model.arch",
+    "device": "train.device", "quantize": "export.quantize",
     "epochs": "train.epochs", "seed": "train.seed", "lr": "train.lr",
     "max_accuracy_drop": "gates.max_accuracy_drop", "min_sparsity": "gates.min_sparsity",
 }  # fmt: skip
@@ -30,6 +31,9 @@ FLAG_KEYS = {
     "--trust-model": "model.trust_model", "--out": "out_dir", "--overwrite": "overwrite=True",
     "--resume": "resume=True",
 }  # fmt: skip
+# Keys under a mapping, set by a repeatable flag: `model.arch_kwargs.num_classes=10` is
+# `--arch-kwarg num_classes=10`.
+PREFIX_FLAGS = {"model.arch_kwargs.": "--arch-kwarg "}
 
 
 def flag_overrides(**flags: Any) -> list[str]:

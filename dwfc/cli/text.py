@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import nn
 
-from dwfc.cli.options import FLAG_KEYS
+from dwfc.cli.options import FLAG_KEYS, PREFIX_FLAGS
 from dwfc.errors import KEY_MARK, DwfcError
-from dwfc.outputs import ONNX, REPORT_JSON, REPORT_MD, SAFETENSORS
-from dwfc.report.schema import AccuracyInfo, RunReport, SparsityInfo
+from dwfc.outputs import MODEL_FILES, REPORT_JSON, REPORT_MD
+from dwfc.report.schema import AccuracyInfo, LatencyInfo, RunReport, SparsityInfo
 from dwfc.select import PlannedWeight, plan_summary
 
 _NAMED = re.compile(f"{KEY_MARK}([^{KEY_MARK}]*){KEY_MARK}")
@@ -28,7 +28,14 @@ def for_cli(error: BaseException | str) -> str:
         # '--data cifar10 needs --data-root'
     """
     text = error.marked() if isinstance(error, DwfcError) else str(error)
-    return _NAMED.sub(lambda m: _FLAG_OF.get(m.group(1), m.group(1)), text)
+    return _NAMED.sub(lambda m: _flag(m.group(1)), text)
+
+
+def _flag(key: str) -> str:
+    if key in _FLAG_OF:
+        return _FLAG_OF[key]
+    prefix = next((p for p in PREFIX_FLAGS if key.startswith(p)), None)
+    return PREFIX_FLAGS[prefix] + key[len(prefix):] if prefix else key
 
 
 def compress_summary(report: RunReport, out_dir: str) -> list[str]:
@@ -43,13 +50,33 @@ def compress_summary(report: RunReport, out_dir: str) -> list[str]:
         )
     if sp.largest_cut_relative is not None:
         line += f"; the cut removed none larger than {sp.largest_cut_relative:.3g}x"
-    ort = acc.compressed_onnxruntime
-    return [
+    ort, int8 = acc.compressed_onnxruntime, acc.compressed_int8
+    written = [name for name in MODEL_FILES if name in report.files]
+    lines = [
         line,
         f"accuracy {acc.original:.2%} -> {acc.compressed_pytorch:.2%} (PyTorch)"
-        + (f", {ort:.2%} (onnxruntime)" if ort is not None else ""),
-        f"outputs in {out_dir}/: {SAFETENSORS}, {ONNX}, {REPORT_MD}, {REPORT_JSON}",
+        + (f", {ort:.2%} (onnxruntime)" if ort is not None else "")
+        + (f", {int8:.2%} (int8)" if int8 is not None else ""),
     ]
+    latency = latency_line(report)
+    if latency:
+        lines.append(latency)
+    lines.append(f"outputs in {out_dir}/: {', '.join([*written, REPORT_MD, REPORT_JSON])}")
+    return lines
+
+
+def latency_line(report: RunReport) -> str:
+    """'latency (onnxruntime, batch 64, 1 thread): original 1.2 ms, compressed 0.9 ms (1.3x)'."""
+    rows = report.latency.rows if report.latency else []
+    batch = max((r.batch or 0 for r in rows), default=0)
+    chosen = {r.model: r.median_ms for r in rows if r.batch == batch and r.threads == 1}
+    base = chosen.get("original")
+    if not chosen:
+        return ""
+    parts = [f"{name} {ms:.3g} ms" + (f" ({base / ms:.2f}x)" if base and ms and name != "original"
+                                      else "")
+             for name, ms in chosen.items() if ms is not None]  # fmt: skip
+    return f"latency (onnxruntime, batch {batch}, 1 thread): " + ", ".join(parts)
 
 
 def _aligned(rows: list[tuple[str, ...]], right: set[int], rules: tuple[int, ...]) -> list[str]:
@@ -118,3 +145,22 @@ def format_verification(result: dict[str, Any]) -> str:
     ]
     verdict = "verified" if result["ok"] else f"FAILED: {', '.join(result['failures'])}"
     return "\n".join([*lines, f"{result['out_dir']}: {verdict}"])
+
+
+def format_latency(latency: LatencyInfo, notes: list[str]) -> str:
+    """A plain-text table of latency rows, with the speed-up against the original model.
+
+    Example:
+        print(format_latency(*bench_run("runs/lenet")))
+    """
+    base = {(r.batch, r.threads): r.median_ms for r in latency.rows if r.model == "original"}
+    rows = [("model", "batch", "threads", "median ms", "q1 ms", "q3 ms", "vs original")]
+    for r in latency.rows:
+        ref = base.get((r.batch, r.threads))
+        rows.append((str(r.model), str(r.batch), "all" if r.threads == 0 else str(r.threads),
+                     f"{r.median_ms:.4g}", f"{r.q1_ms:.4g}", f"{r.q3_ms:.4g}",
+                     f"{ref / r.median_ms:.2f}x" if ref and r.model != "original" else ""))
+    title = (f"onnxruntime {latency.onnxruntime} on {latency.cpu} ({latency.cores} logical CPUs), "
+             f"median of {latency.rounds} interleaved rounds")  # fmt: skip
+    return "\n".join([title, *_aligned(rows, right={1, 3, 4, 5, 6}, rules=(1,)),
+                      *(f"note: {n}" for n in notes)])  # fmt: skip

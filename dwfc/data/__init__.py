@@ -5,14 +5,14 @@ the user's own "package.module:factory" (factory.py).
 The pipeline calls `load_run_data(recipe, device)` (loaders.py): the recipe's `data` section
 through `load_data_config`, the loaders, and the check that the model fits the data. See
 docs/data.md for the sources, their folder layouts and defaults. To add a source: a module with
-a `load(cfg: DataConfig) -> (train, eval)` function, and one line in `SOURCES`.
+`load(cfg: DataConfig) -> (train, eval)` and `normalization(cfg)` (the `Source` protocol), and one
+line in `SOURCES`.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from torch.utils.data import Dataset
@@ -31,16 +31,24 @@ __all__ = [
     "load_data",
     "load_data_config",
     "mnist5k",
+    "normalization",
     "num_classes",
     "sample_shape",
 ]
 
-Loader = Callable[[DataConfig], tuple[Dataset, Dataset]]
+class Source(Protocol):
+    """A data source module: the (train, eval) pair a recipe's `data` section describes, and
+    the mean and std its inputs are normalised with (None where dwfc does not apply them)."""
+
+    def load(self, cfg: DataConfig) -> tuple[Dataset, Dataset]: ...
+
+    def normalization(self, cfg: DataConfig) -> tuple[list[float], list[float]] | None: ...
+
 
 # Built-in sources by name (case-insensitive); a source with a ":" is a "package.module:factory".
-SOURCES: dict[str, Loader] = {
-    "mnist5k": bundled.load,
-    **dict.fromkeys(torchvision_sets.SPECS, torchvision_sets.load_builtin),
+SOURCES: dict[str, Source] = {
+    "mnist5k": bundled,
+    **dict.fromkeys(torchvision_sets.SPECS, torchvision_sets),
 }
 
 
@@ -73,13 +81,28 @@ def load_data_config(cfg: DataConfig) -> tuple[Dataset, Dataset]:
         >>> cfg = DataConfig(source="cifar10", root="data", augment=True)
         >>> train, test = load_data_config(cfg)  # doctest: +SKIP
     """
+    return source_of(cfg).load(cfg)
+
+
+def source_of(cfg: DataConfig) -> Source:
+    """The module that reads `cfg.source`."""
     source = cfg.source.strip()
     if ":" in source:
-        return factory.load(cfg)
-    loader = SOURCES.get(source.lower())
-    if loader is None:
+        return factory  # type: ignore[return-value]
+    module = SOURCES.get(source.lower())
+    if module is None:
         raise _unknown_source(source)
-    return loader(cfg)
+    return module
+
+
+def normalization(cfg: DataConfig) -> tuple[list[float], list[float]] | None:
+    """The mean and std the inputs of `cfg`'s data are normalised with (None: not by dwfc).
+
+    Example:
+        >>> normalization(DataConfig(source="mnist5k"))
+        ([0.1307], [0.3081])
+    """
+    return source_of(cfg).normalization(cfg)
 
 
 def load_data(source: str, **options: Any) -> tuple[Dataset, Dataset]:

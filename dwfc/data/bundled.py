@@ -102,11 +102,10 @@ def load(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
     return _transformed(train, cfg), _transformed(test, cfg)
 
 
-def _transformed(ds: TensorDataset, cfg: DataConfig) -> TensorDataset:
-    """`ds` resized to `cfg.image_size` and normalised with `cfg.mean`/`cfg.std`, if given."""
-    size = cfg.image_size or 28
-    mean = cfg.mean if cfg.mean is not None else [MNIST_MEAN]
-    std = cfg.std if cfg.std is not None else [MNIST_STD]
+def normalization(cfg: DataConfig) -> tuple[list[float], list[float]]:
+    """The mean and std the images are normalised with: `cfg`'s, else MNIST's usual ones."""
+    mean = list(cfg.mean) if cfg.mean is not None else [MNIST_MEAN]
+    std = list(cfg.std) if cfg.std is not None else [MNIST_STD]
     for name, values in (("mean", mean), ("std", std)):
         if len(values) != 1:
             raise InputError(
@@ -115,6 +114,13 @@ def _transformed(ds: TensorDataset, cfg: DataConfig) -> TensorDataset:
             )
     if std[0] <= 0:
         raise InputError(f"data.std must be positive, got {list(std)}")
+    return mean, std
+
+
+def _transformed(ds: TensorDataset, cfg: DataConfig) -> TensorDataset:
+    """`ds` resized to `cfg.image_size` and normalised with `cfg.mean`/`cfg.std`, if given."""
+    size = cfg.image_size or 28
+    mean, std = normalization(cfg)
     if size == 28 and mean[0] == MNIST_MEAN and std[0] == MNIST_STD:
         return ds
     x, y = ds.tensors

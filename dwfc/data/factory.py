@@ -28,6 +28,11 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     return call_factory(source, options)
 
 
+def normalization(cfg: DataConfig) -> None:
+    """A factory's datasets bring their own transforms: dwfc does not know their normalisation."""
+    return None
+
+
 def call_factory(source: str, options: dict[str, Any]) -> tuple[Dataset, Dataset]:
     factory = import_object(source, SOURCE)
     if not callable(factory):

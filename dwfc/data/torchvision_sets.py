@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from dwfc.config import DataConfig
 from dwfc.errors import InputError, first_line, named
 
-__all__ = ["SPECS", "TRANSFORM_KEYS", "DatasetSpec", "load_builtin", "make_transforms"]
+__all__ = ["SPECS", "TRANSFORM_KEYS", "DatasetSpec", "load", "make_transforms", "normalization"]
 
 TRANSFORM_KEYS = ("image_size", "mean", "std", "augment")  # the data fields of the transforms
 SOURCE, ROOT = named("data.source"), named("data.root")
@@ -99,6 +99,12 @@ def _import_torchvision(name: str) -> Any:
     except ImportError as e:
         raise InputError(f"{SOURCE} {name} needs torchvision: pip install 'dwfc[vision]'") from e
     return torchvision
+
+
+def normalization(cfg: DataConfig) -> tuple[list[float], list[float]]:
+    """The mean and std the images are normalised with: `cfg`'s, else the data set's usual."""
+    name = cfg.source.strip().lower()
+    return _normalisation(name, SPECS[name], cfg)
 
 
 def _normalisation(name: str, spec: DatasetSpec, cfg: DataConfig) -> tuple[list[float], ...]:
@@ -256,11 +262,11 @@ def _image_folder(root: Path, train_tf: Any, eval_tf: Any) -> tuple[Dataset, Dat
     return train, val
 
 
-def load_builtin(cfg: DataConfig) -> tuple[Dataset, Dataset]:
+def load(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """(train, eval) for a torchvision data set or ImageFolder tree named by `cfg.source`.
 
     Example:
-        >>> train, test = load_builtin(DataConfig(source="cifar10", root="data"))  # doctest: +SKIP
+        >>> train, test = load(DataConfig(source="cifar10", root="data"))  # doctest: +SKIP
     """
     name = cfg.source.strip().lower()
     spec = SPECS[name]

@@ -7,7 +7,7 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -65,14 +65,20 @@ def _no_attention_fastpath() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
+SPATIAL_AXES = {2: "height", 3: "width"}  # of image input (N, C, H, W), dynamic where it works
+
+
 def export_onnx(
-    model: nn.Module, example_input: torch.Tensor, path: _PathLike, opset: int = 17
-) -> None:
+    model: nn.Module, example_input: torch.Tensor, path: _PathLike, opset: int = 17,
+    dynamic_spatial: bool = False, metadata: Mapping[str, str] | None = None,
+) -> None:  # fmt: skip
     """Export `model` (eval mode, no grad) to ONNX with a dynamic batch axis, then check it.
 
-    Input is named "input", output "output". The file only appears at `path` once
-    `onnx.checker` accepts it; failures raise ExportCheckError. The model's train/eval mode
-    is restored afterwards.
+    Input is named "input", output "output". `dynamic_spatial` also makes the height and width
+    of a 4-D input dynamic (only right for models that run at any size: `spatial_sizes_work`
+    tells). `metadata` goes into the file's `metadata_props`. The file only appears at `path`
+    once `onnx.checker.check_model(full_check=True)` accepts it; failures raise
+    ExportCheckError. The model's train/eval mode is restored afterwards.
 
     Example:
         export_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")
@@ -80,6 +86,9 @@ def export_onnx(
     import onnx
 
     x = example_input.to(model_device(model))
+    axes: dict[int, str] = {0: "batch"}
+    if dynamic_spatial and x.dim() == 4:
+        axes.update(SPATIAL_AXES)
     with eval_mode(model), _no_attention_fastpath(), atomic_path(path) as tmp:
         try:
             with warnings.catch_warnings(), _silenced():
@@ -91,15 +100,43 @@ def export_onnx(
                     dynamo=False,
                     input_names=["input"],
                     output_names=["output"],
-                    dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                    dynamic_axes={"input": axes, "output": {0: "batch"}},
                     opset_version=opset,
                 )
         except Exception as exc:
             raise ExportCheckError(f"ONNX export failed: {first_line(exc)}") from exc
+        if metadata:
+            set_metadata(tmp, metadata)
         try:
-            onnx.checker.check_model(str(tmp))
+            onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as exc:
             raise ExportCheckError(f"{path}: ONNX checker failed: {first_line(exc)}") from exc
+
+
+def set_metadata(path: _PathLike, metadata: Mapping[str, str]) -> None:
+    """Write `metadata` into the `metadata_props` of the ONNX file at `path`, in place."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(metadata)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+
+
+def full_check(path: _PathLike) -> str | None:
+    """None when `onnx.checker.check_model(full_check=True)` accepts the file, else why not."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        return first_line(exc)
+    return None
 
 
 def _sparse_initializer(init: Any, min_sparsity: float) -> Any | None:

@@ -41,13 +41,17 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def ort_session(path: _PathLike) -> Any:
-    """An onnxruntime CPU session for the model at `path`; InputError when it cannot load."""
+def ort_session(path: _PathLike, threads: int = 0, quiet: bool = False) -> Any:
+    """An onnxruntime CPU session for the model at `path`; InputError when it cannot load.
+
+    `threads`: intra-op threads (0: onnxruntime's default, all cores). `quiet`: not even
+    errors are logged (for probing runs that are expected to fail)."""
     import onnxruntime as ort
 
     p = existing_file(path)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3
+    options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -115,3 +119,20 @@ def onnx_accuracy(path: _PathLike, loader: Iterable[Any]) -> float:
     if total == 0:
         raise InputError("onnx_accuracy: the loader yielded no samples")
     return correct / total
+
+
+def spatial_sizes_work(path: _PathLike, model: nn.Module, example: torch.Tensor,
+                       tolerance: float) -> bool:  # fmt: skip
+    """Whether the ONNX model at `path`, exported with dynamic height and width, runs on a larger
+    image and matches PyTorch there (false for models with a fixed-size flatten, say)."""
+    if example.dim() != 4:
+        return False
+    n, c, h, w = example.shape
+    x = torch.randn(min(n, 2), c, h + 16, w + 16, generator=torch.Generator().manual_seed(0))
+    try:
+        with eval_mode(model):
+            want = model(x.to(model_device(model))).detach().cpu().numpy()
+        got = _run(ort_session(path, quiet=True), x)
+    except Exception:  # the model itself, or its ONNX graph, takes one size only
+        return False
+    return got.shape == want.shape and max_abs_diff(got, want, "larger input") <= tolerance

@@ -1,6 +1,7 @@
 """The sparse safetensors file: bitmask-compressed weights, their loader, and tensor digests.
 
-The layout follows compressed-tensors' "sparse-bitmask" format; see docs/format.md.
+The layout is dwfc's own (docs/format.md): it began from compressed-tensors' legacy
+"sparse-bitmask" format, but neither library reads the other's files.
 """
 
 from __future__ import annotations
@@ -166,8 +167,24 @@ def read_metadata(path: _PathLike) -> dict[str, str]:
         raise InputError(f"{p}: not a readable safetensors file ({first_line(exc)})") from exc
 
 
-def _sparse_names(p: Path, meta: Mapping[str, str]) -> list[str]:
+def foreign_bitmask_names(keys: Iterable[str]) -> list[str]:
+    """The tensors stored in a sparse-bitmask layout (`<name>.compressed`, `.bitmask`, `.shape`)
+    in a file without dwfc's metadata: compressed-tensors writes these, in a layout dwfc does
+    not decode (docs/format.md)."""
+    keys = set(keys)
+    return sorted(k.removesuffix(".bitmask") for k in keys if k.endswith(".bitmask")
+                  and {k.replace(".bitmask", f".{s}") for s in ("compressed", "shape")} <= keys)
+
+
+def _sparse_names(p: Path, meta: Mapping[str, str], keys: Iterable[str]) -> list[str]:
     if FORMAT_KEY not in meta:
+        foreign = foreign_bitmask_names(keys)
+        if foreign:
+            raise InputError(
+                f"{p}: a sparse-bitmask file not written by dwfc (compressed-tensors' layout?), "
+                f"e.g. {foreign[0]}.compressed; dwfc reads only its own layout (docs/format.md): "
+                "decompress it with the library that wrote it"
+            )
         return []
     if meta[FORMAT_KEY] != FORMAT_NAME:
         raise InputError(f"{p}: unknown {FORMAT_KEY} {meta[FORMAT_KEY]!r}")
@@ -236,7 +253,8 @@ def load_sparse(path: _PathLike) -> dict[str, torch.Tensor]:
     """Load a file written by `save_sparse`, returning the dense state dict.
 
     Sparse entries are validated against each other before anything is allocated; any
-    inconsistency raises InputError. Plain safetensors files (no dwfc metadata) load as-is.
+    inconsistency raises InputError. Plain safetensors files (no dwfc metadata) load as-is; a
+    sparse-bitmask file dwfc did not write (compressed-tensors') is refused, never returned raw.
 
     Example:
         model.load_state_dict(load_sparse("model.safetensors"))
@@ -253,7 +271,7 @@ def load_sparse(path: _PathLike) -> dict[str, torch.Tensor]:
     except BaseException as exc:  # also pyo3's PanicException, which is not an Exception
         raise InputError(f"{p}: not a readable safetensors file ({first_line(exc)})") from exc
 
-    names = _sparse_names(p, meta)
+    names = _sparse_names(p, meta, stored)
     result: dict[str, torch.Tensor] = {}
     for name in names:
         if name in stored:
@@ -267,3 +285,21 @@ def load_sparse(path: _PathLike) -> dict[str, torch.Tensor]:
         result[name] = _decompress(p, name, parts)
     result.update(stored)
     return result
+
+
+def unpack(src: _PathLike, dst: _PathLike) -> Path:
+    """Write the dense state dict of the sparse file `src` as a plain safetensors file `dst`
+    (atomically), which `model.load_state_dict(safetensors.torch.load_file(dst))` accepts.
+
+    Example:
+        unpack("runs/lenet/model.safetensors", "runs/lenet/model.dense.safetensors")
+    """
+    from safetensors.torch import save_file
+
+    state = load_sparse(src)
+    meta = {k: v for k, v in read_metadata(src).items()
+            if k not in (FORMAT_KEY, SPARSE_KEYS_KEY)}  # fmt: skip
+    target = Path(dst)
+    with atomic_path(target) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
+    return target

@@ -18,9 +18,25 @@ from torch.utils.data import DataLoader
 
 from dwfc._version import __version__
 from dwfc.config import Recipe
+from dwfc.data import normalization
 from dwfc.errors import ExportCheckError
-from dwfc.export.onnx_file import SPARSE_ONNX_NOTE, export_onnx, export_sparse_onnx
-from dwfc.export.runtime import check_parity, onnx_accuracy
+from dwfc.export.int8 import pruned_zeros_kept, quantize_int8
+from dwfc.export.latency import cores, cpu_name, measure_latency, onnxruntime_version
+from dwfc.export.onnx_file import (
+    SPARSE_ONNX_NOTE,
+    SPATIAL_AXES,
+    export_onnx,
+    export_sparse_onnx,
+    full_check,
+    set_metadata,
+)
+from dwfc.export.runtime import (
+    check_parity,
+    max_abs_diff,
+    onnx_accuracy,
+    onnx_outputs,
+    spatial_sizes_work,
+)
 from dwfc.export.sparse_file import (
     HASHES_KEY,
     RECIPE_KEY,
@@ -30,9 +46,9 @@ from dwfc.export.sparse_file import (
     save_sparse,
     tensor_digests,
 )
-from dwfc.outputs import ONNX, SAFETENSORS, SPARSE_ONNX
+from dwfc.outputs import INT8_ONNX, ONNX, SAFETENSORS, SPARSE_ONNX
 from dwfc.report.format import jsonable
-from dwfc.report.schema import OnnxInfo, SparsityInfo
+from dwfc.report.schema import Int8Info, LatencyInfo, LatencyRowInfo, OnnxInfo, SparsityInfo
 
 
 @dataclass
@@ -42,6 +58,9 @@ class ExportResult:
     hashes: dict[str, str] = field(default_factory=dict)  # of every tensor in the weights file
     onnx: OnnxInfo | None = None  # None: no ONNX written (export.onnx off)
     onnx_accuracy: float | None = None
+    int8: Int8Info | None = None
+    int8_accuracy: float | None = None
+    latency: LatencyInfo | None = None
 
 
 @dataclass
@@ -51,8 +70,11 @@ class ExportJob:
     sparse_keys: list[str]  # the state-dict keys stored sparse (every name of a tied weight)
     example: torch.Tensor  # an evaluation batch: the ONNX example input and parity batch
     eval_loader: DataLoader
+    train_loader: DataLoader  # static int8 calibrates on it
     recipe: Recipe
     sparsity: SparsityInfo
+    classes: int | None
+    original_onnx: Path | None  # the model before compression, for the latency comparison
     result: ExportResult = field(default_factory=ExportResult)
 
 
@@ -73,44 +95,125 @@ def write_safetensors(job: ExportJob) -> None:
     job.result.hashes = hashes
 
 
+def onnx_metadata(job: ExportJob) -> dict[str, str]:
+    """The `metadata_props` of every ONNX file: enough for a deployment to feed the model."""
+    norm = normalization(job.recipe.data)
+    return {
+        "dwfc.version": __version__, "dwfc.method": job.recipe.sparsity.method,
+        "dwfc.sparsity": f"{job.sparsity.achieved:.6f}",
+        "dwfc.input_shape": json.dumps(list(job.example.shape[1:])),
+        "dwfc.input_dtype": str(job.example.dtype).removeprefix("torch."),
+        "dwfc.mean": json.dumps(norm[0] if norm else None),
+        "dwfc.std": json.dumps(norm[1] if norm else None),
+        "dwfc.num_classes": json.dumps(job.classes),
+    }  # fmt: skip
+
+
 def write_onnx(job: ExportJob) -> None:
-    """model.onnx: onnx.checker, parity with PyTorch in onnxruntime, onnxruntime accuracy."""
+    """model.onnx: full checker, parity with PyTorch in onnxruntime, onnxruntime accuracy; the
+    height and width of image input stay dynamic where the model runs at any size."""
     cfg = job.recipe.export
     if not cfg.onnx:
         return
     path = job.folder / ONNX
     cpu_model = job.model.to("cpu").eval()
-    export_onnx(cpu_model, job.example[:1], path, opset=cfg.opset)
+    metadata = onnx_metadata(job)
+    spatial = job.example.dim() == 4
+    export_onnx(cpu_model, job.example[:1], path, cfg.opset, spatial, metadata)
+    if spatial and not spatial_sizes_work(path, cpu_model, job.example, cfg.parity_tolerance):
+        spatial = False
+        export_onnx(cpu_model, job.example[:1], path, cfg.opset, False, metadata)
     diff = check_parity(path, cpu_model, job.example, cfg.parity_tolerance)
     job.result.onnx = OnnxInfo(
         max_abs_diff=diff, tolerance=cfg.parity_tolerance, checker="passed", opset=cfg.opset,
-        sparse_variant=None, sparse_variant_note=None,
+        sparse_variant=None, sparse_variant_note=None, full_check="passed",
+        dynamic_axes=["batch", *SPATIAL_AXES.values()] if spatial else ["batch"],
+        metadata=metadata,
     )  # fmt: skip
     job.result.onnx_accuracy = onnx_accuracy(path, job.eval_loader)
 
 
 def write_sparse_onnx(job: ExportJob) -> None:
-    """model.sparse.onnx with sparse initializers, when export.sparse_onnx and it is smaller."""
+    """model.sparse.onnx with sparse initializers, when export.sparse_onnx and it is smaller;
+    what the full checker says of it is recorded, not assumed."""
     onnx = job.result.onnx
     if onnx is None or not job.recipe.export.sparse_onnx:
         return
-    if export_sparse_onnx(job.folder / ONNX, job.folder / SPARSE_ONNX):
+    path = job.folder / SPARSE_ONNX
+    if export_sparse_onnx(job.folder / ONNX, path):
+        problem = full_check(path)
         onnx.sparse_variant, onnx.sparse_variant_note = SPARSE_ONNX, SPARSE_ONNX_NOTE
+        onnx.sparse_variant_full_check = "passed" if problem is None else f"failed: {problem}"
+
+
+def write_int8(job: ExportJob) -> None:
+    """model.int8.onnx (export.quantize): its accuracy, and every pruned weight still zero."""
+    cfg = job.recipe.export
+    if cfg.quantize == "none" or job.result.onnx is None:
+        return
+    fp32, path = job.folder / ONNX, job.folder / INT8_ONNX
+    quantize_int8(fp32, path, cfg.quantize, job.train_loader, cfg.calibration_batches)
+    set_metadata(path, onnx_metadata(job))
+    zeros = pruned_zeros_kept(fp32, path)
+    if zeros.kept != zeros.zeros:
+        raise ExportCheckError(f"{INT8_ONNX}: {zeros.zeros - zeros.kept} of the {zeros.zeros} "
+                               "pruned weights are no longer zero")  # fmt: skip
+    diff = max_abs_diff(onnx_outputs(path, job.example), onnx_outputs(fp32, job.example),
+                        f"{INT8_ONNX} vs {ONNX}")  # fmt: skip
+    job.result.int8 = Int8Info(
+        file=INT8_ONNX, mode=cfg.quantize, full_check="passed", max_abs_diff=diff,
+        calibration_batches=cfg.calibration_batches if cfg.quantize == "static" else None,
+        zeros=zeros.zeros, zeros_kept=zeros.kept, quantized=zeros.quantized,
+        left_float=zeros.left_float, unchecked=zeros.unchecked,
+    )  # fmt: skip
+    job.result.int8_accuracy = onnx_accuracy(path, job.eval_loader)
 
 
 EXPORTERS: tuple[Callable[[ExportJob], None], ...] = (
     write_safetensors,
     write_onnx,
     write_sparse_onnx,
+    write_int8,
 )
+
+
+def export_original(model: nn.Module, example: torch.Tensor, folder: Path,
+                    recipe: Recipe) -> Path | None:  # fmt: skip
+    """The model before compression as ONNX in `folder`, for the latency comparison (None when
+    no latency is measured)."""
+    if not (recipe.export.onnx and recipe.export.latency):
+        return None
+    path = folder / "original.onnx"
+    export_onnx(model.to("cpu").eval(), example[:1], path, recipe.export.opset)
+    return path
+
+
+def measure(job: ExportJob) -> LatencyInfo | None:
+    """onnxruntime latency of the original, compressed, sparse and int8 models (export.latency)."""
+    cfg = job.recipe.export
+    if not cfg.latency or job.result.onnx is None:
+        return None
+    onnx = job.result.onnx
+    models = {"original": job.original_onnx, "compressed": job.folder / ONNX,
+              "sparse": job.folder / SPARSE_ONNX if onnx.sparse_variant else None,
+              "int8": job.folder / INT8_ONNX if job.result.int8 else None}  # fmt: skip
+    rows = measure_latency({k: v for k, v in models.items() if v is not None},
+                           job.example.shape[1:], cfg.latency_batches, cfg.latency_rounds)
+    return LatencyInfo(cpu=cpu_name(), onnxruntime=onnxruntime_version(), cores=cores(),
+                       rounds=cfg.latency_rounds,
+                       rows=[LatencyRowInfo(**vars(row)) for row in rows])  # fmt: skip
 
 
 def export_outputs(
     model: nn.Module, folder: Path, sparse_keys: list[str], example: torch.Tensor,
-    eval_loader: DataLoader, recipe: Recipe, sparsity: SparsityInfo,
+    eval_loader: DataLoader, train_loader: DataLoader, recipe: Recipe, sparsity: SparsityInfo,
+    classes: int | None, original_onnx: Path | None,
 ) -> ExportResult:  # fmt: skip
-    """Run every exporter into `folder`; the first failed check raises ExportCheckError."""
-    job = ExportJob(model, folder, sparse_keys, example, eval_loader, recipe, sparsity)
+    """Run every exporter into `folder`, then measure latency; the first failed check raises
+    ExportCheckError."""
+    job = ExportJob(model, folder, sparse_keys, example, eval_loader, train_loader, recipe,
+                    sparsity, classes, original_onnx)  # fmt: skip
     for exporter in EXPORTERS:
         exporter(job)
+    job.result.latency = measure(job)
     return job.result

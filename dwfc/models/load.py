@@ -357,6 +357,20 @@ def _listing(keys: list[str]) -> str:
     return shown + (f" (+{extra} more)" if extra > 0 else "")
 
 
+def _classes_hint(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str:
+    """When only the output layer's size differs, the `num_classes` that would fit the file."""
+    sizes = {(int(v.shape[0]), int(expected[k].shape[0]))
+             for k, v in state_dict.items()
+             if k in expected and v.shape != expected[k].shape}  # fmt: skip
+    same_rest = all(v.shape[1:] == expected[k].shape[1:] for k, v in state_dict.items()
+                    if k in expected and v.dim() and v.shape != expected[k].shape)  # fmt: skip
+    if len(sizes) != 1 or not same_rest:
+        return ""
+    (file_n, model_n), = sizes
+    return (f" (the file's output layer has {file_n} outputs, the model's {model_n}: pass "
+            f"{named(f'model.arch_kwargs.num_classes={file_n}')} if the architecture takes it)")
+
+
 def _load_state_dict(
     model: nn.Module, state_dict: dict[str, torch.Tensor], file: Path, arch: str
 ) -> None:
@@ -374,7 +388,8 @@ def _load_state_dict(
     if unexpected:
         problems.append(f"unexpected keys: {_listing(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatch: {_listing(mismatched)}")
+        problems.append(f"shape mismatch: {_listing(mismatched)}" + _classes_hint(state_dict,
+                                                                                 expected))
     if problems:
         raise InputError(
             f"state dict in {file} does not fit {ARCH} {arch}: {'; '.join(problems)}"

@@ -19,6 +19,8 @@ from dwfc.report.schema import (
     DataInfo,
     GateResult,
     HistoryRowInfo,
+    Int8Info,
+    LatencyInfo,
     LayerRow,
     MethodInfo,
     ModelInfo,
@@ -27,6 +29,8 @@ from dwfc.report.schema import (
     SparsityInfo,
 )
 from dwfc.sparsity import layer_stats
+
+UNTRAINED_BELOW = 2.0  # x chance: an original model scoring less than this is flagged
 
 
 def layer_rows(model: nn.Module, names: list[str]) -> list[LayerRow]:
@@ -77,6 +81,14 @@ def warnings_for(report: RunReport) -> list[str]:
     empty = [str(layer.name) for layer in report.layers if layer.nonzero == 0]
     if empty:
         notes.append(f"layer collapse: every weight of {', '.join(empty)} was pruned")
+    original = report.accuracy.original if report.accuracy else None
+    classes = report.data.classes if report.data else None
+    if original is not None and classes and original < UNTRAINED_BELOW / classes:
+        notes.append(
+            f"the original model scores {100 * original:.1f}% on the evaluation data, near or "
+            f"below chance ({100 / classes:.1f}% for {classes} classes): is it the trained "
+            "model, and does the data match it (labels, normalisation)?"
+        )
     return notes
 
 
@@ -88,6 +100,10 @@ def gate_results(recipe: Recipe, report: RunReport) -> list[GateResult]:
     if drop is not None and acc.original is not None and acc.compressed_pytorch is not None:
         lost = 100.0 * (acc.original - acc.compressed_pytorch)
         gates.append(GateResult(gate="max_accuracy_drop", threshold=drop, value=lost,
+                                passed=lost <= drop))  # fmt: skip
+    if drop is not None and acc.original is not None and acc.compressed_int8 is not None:
+        lost = 100.0 * (acc.original - acc.compressed_int8)
+        gates.append(GateResult(gate="max_accuracy_drop_int8", threshold=drop, value=lost,
                                 passed=lost <= drop))  # fmt: skip
     floor = recipe.gates.min_sparsity
     achieved = report.sparsity.achieved if report.sparsity else None
@@ -126,9 +142,12 @@ def build_report(
     sparsity: SparsityInfo,
     accuracy: dict[str, float | None],
     onnx: OnnxInfo | None,
+    int8: Int8Info | None,
+    latency: LatencyInfo | None,
     files: dict[str, int],
     hashes: dict[str, str],
     timing: dict[str, float],
+    classes: int | None,
 ) -> RunReport:
     """The report of a finished run, its gates and warnings included.
 
@@ -140,10 +159,11 @@ def build_report(
         model=ModelInfo(source=str(model_path), arch=recipe.model.arch, parameters=total_params,
                         notes=notes),
         data=DataInfo(source=recipe.data.source, train_samples=samples[0],
-                      eval_samples=samples[1]),
+                      eval_samples=samples[1], classes=classes),
         input_shape=input_shape, input_dtype=input_dtype, device=device, precision=precision,
         world_size=world_size, resumed=resumed, method=method_info(recipe, outcome),
         sparsity=sparsity, layers=layers, accuracy=AccuracyInfo(**accuracy), onnx=onnx,
+        **({"int8": int8} if int8 else {}), **({"latency": latency} if latency else {}),
         files=files, hashes=hashes, timing=timing,
         history=[HistoryRowInfo.model_validate(row) for row in outcome.history],
         recipe=recipe.model_dump(mode="json"),

@@ -155,7 +155,7 @@ def _warnings_section(r: RunReport) -> str:
 
 
 def _gate_value(gate: str, x: Any) -> str:
-    if gate == "max_accuracy_drop":
+    if gate.startswith("max_accuracy_drop"):
         return fmt(x, lambda v: f"{v:.2f} pp")
     return pct(x) if gate == "min_sparsity" else sci(x)
 
@@ -163,7 +163,8 @@ def _gate_value(gate: str, x: Any) -> str:
 def _gates_section(r: RunReport) -> str:
     if not r.gates:
         return ""
-    limit = {"max_accuracy_drop": "at most ", "min_sparsity": "at least "}
+    limit = {"max_accuracy_drop": "at most ", "max_accuracy_drop_int8": "at most ",
+             "min_sparsity": "at least "}  # fmt: skip
     rows = []
     for g in r.gates:
         gate = str(g.gate)
@@ -183,8 +184,9 @@ def _accuracy_section(r: RunReport) -> str:
               ("before_bn_recalibration", "Before BatchNorm recalibration"),
               ("after_bn_recalibration", "After BatchNorm recalibration"),
               ("compressed_pytorch", "Compressed (PyTorch)"),
-              ("compressed_onnxruntime", "Compressed (onnxruntime)")]
-    optional = {"before_bn_recalibration", "after_bn_recalibration"}
+              ("compressed_onnxruntime", "Compressed (onnxruntime)"),
+              ("compressed_int8", "Compressed int8 (onnxruntime)")]
+    optional = {"before_bn_recalibration", "after_bn_recalibration", "compressed_int8"}
     orig = num(acc.original)
     rows = []
     for key, label in stages:
@@ -321,12 +323,67 @@ def _onnx_section(r: RunReport) -> str:
         ["Opset", text(o.opset)],
         ["Sparse variant", code(variant) if variant else ("not written" if recorded else DASH)],
     ]
+    if "full_check" in o.model_fields_set:
+        rows[4:4] = [["Full check (strict shape inference)", text(o.full_check)],
+                     ["Dynamic input axes", text(", ".join(o.dynamic_axes or []))]]
+    if variant and o.sparse_variant_full_check:
+        rows.append(["Sparse variant full check", text(o.sparse_variant_full_check)])
     md = "## ONNX check\n\n" + ("ONNX export was not run.\n\n" if not o.model_fields_set else "")
     md += table(["Check", "Value"], rows)
     note = o.sparse_variant_note
     if variant and isinstance(note, str) and note.strip():
         md += f"\n\n{code(variant)}: {sentence(note)}"
+    if o.metadata:
+        md += ("\n\nEach ONNX file's `metadata_props`: "
+               + ", ".join(f"`{k}` = `{v}`" for k, v in o.metadata.items()) + ".")
     return md
+
+
+def _int8_section(r: RunReport) -> str:
+    q = r.int8
+    if q is None:
+        return ""
+    acc = r.accuracy or AccuracyInfo()
+    kept = (f"{count(q.zeros_kept)} of {count(q.zeros)}"
+            if q.zeros is not None else DASH)  # fmt: skip
+    rows = [
+        ["File", code(q.file)],
+        ["Quantization", text(q.mode) + (f", calibrated on {q.calibration_batches} batches"
+                                         if q.calibration_batches else "")],
+        ["Full check", text(q.full_check)],
+        ["Accuracy (onnxruntime)", pct(acc.compressed_int8)],
+        ["Max abs diff against model.onnx", sci(q.max_abs_diff)],
+        ["Pruned weights still exactly zero", kept],
+        ["Sparse weights stored as int8", text(", ".join(q.quantized))],
+    ]
+    if q.left_float:
+        rows.append(["Sparse weights left in float", text(", ".join(q.left_float))])
+    if q.unchecked:
+        rows.append(["Quantized, layout not checked", text(", ".join(q.unchecked))])
+    return "## int8\n\n" + table(["Check", "Value"], rows, align="ll")
+
+
+_THREADS = {1: "1 thread", 0: "all cores"}
+
+
+def _latency_section(r: RunReport) -> str:
+    lat = r.latency
+    if lat is None or not lat.rows:
+        return ""
+    base = {(x.batch, x.threads): x.median_ms for x in lat.rows if x.model == "original"}
+    rows = []
+    for x in lat.rows:
+        ref = base.get((x.batch, x.threads))
+        speedup = (f"{ref / x.median_ms:.2f}x" if ref and x.median_ms and x.model != "original"
+                   else "")  # fmt: skip
+        rows.append([text(x.model), count(x.batch), _THREADS.get(x.threads, text(x.threads)),
+                     fmt(x.median_ms, lambda v: f"{v:.3g}"),
+                     f"{fmt(x.q1_ms, lambda v: f'{v:.3g}')} – {fmt(x.q3_ms, lambda v: f'{v:.3g}')}",
+                     speedup])  # fmt: skip
+    header = ["Model", "Batch", "Threads", "Median (ms)", "Quartiles (ms)", "vs original"]
+    note = (f"onnxruntime {text(lat.onnxruntime)} on {text(lat.cpu)} ({count(lat.cores)} logical "
+            f"CPUs), median of {count(lat.rounds)} interleaved rounds per setting.")
+    return "## Latency\n\n" + table(header, rows, align="llllrr") + f"\n\n{note}"
 
 
 def _timing_section(r: RunReport) -> str:
@@ -358,5 +415,6 @@ def render_markdown(report: RunReport | Mapping[str, Any]) -> str:
     parts = [_title(r), _summary(r), _warnings_section(r), _gates_section(r),
              _accuracy_section(r), _sparsity_section(r), _layers_section(r), _method_section(r),
              _run_section(r), _notes_section(r), _files_section(r), _onnx_section(r),
-             _timing_section(r), plots, _recipe_section(r), footer]
+             _int8_section(r), _latency_section(r), _timing_section(r), plots,
+             _recipe_section(r), footer]
     return "\n\n".join(p for p in parts if p) + "\n"

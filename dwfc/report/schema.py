@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dwfc.errors import InputError
 from dwfc.report.format import jsonable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: int8, latency, the ONNX files' checks and metadata, data.classes
 
 
 class _Section(BaseModel):
@@ -40,6 +40,7 @@ class DataInfo(_Section):
     source: str | None = _doc("data.source")
     train_samples: int | None = None
     eval_samples: int | None = None
+    classes: int | None = _doc("how many classes the training data has, where it tells")
 
 
 class MethodInfo(_Section):
@@ -93,6 +94,7 @@ class AccuracyInfo(_Section):
     after_bn_recalibration: float | None = None
     compressed_pytorch: float | None = _doc("the collapsed model in PyTorch")
     compressed_onnxruntime: float | None = _doc("model.onnx in onnxruntime")
+    compressed_int8: float | None = _doc("model.int8.onnx in onnxruntime")
     original_top5: float | None = _doc("data with more than 10 classes")
     compressed_pytorch_top5: float | None = None
 
@@ -104,6 +106,40 @@ class OnnxInfo(_Section):
     opset: int | None = None
     sparse_variant: str | None = _doc("the sparse-initializer file, when written")
     sparse_variant_note: str | None = None
+    full_check: str | None = _doc("'passed': onnx.checker's full check (shape inference) too")
+    sparse_variant_full_check: str | None = _doc("'passed', or 'failed: <why>'")
+    dynamic_axes: list[str] | None = _doc("the input axes of any size: batch, height, width")
+    metadata: dict[str, str] | None = _doc("what the files' metadata_props hold")
+
+
+class Int8Info(_Section):
+    file: str | None = _doc("model.int8.onnx")
+    mode: str | None = _doc("export.quantize: dynamic or static")
+    calibration_batches: int | None = _doc("static: training batches it was calibrated on")
+    full_check: str | None = _doc("'passed': onnx.checker's full check")
+    max_abs_diff: float | None = _doc("largest |int8 - fp32 ONNX| on an evaluation batch")
+    zeros: int | None = _doc("pruned (zero) entries of the weights it quantized")
+    zeros_kept: int | None = _doc("of those, still exactly zero in the int8 model")
+    quantized: list[str] = Field(default_factory=list, description="sparse weights in int8")
+    left_float: list[str] = Field(default_factory=list, description="sparse weights in float")
+    unchecked: list[str] = Field(default_factory=list, description="layout not recognised")
+
+
+class LatencyRowInfo(_Section):
+    model: str | None = _doc("original, compressed, sparse or int8")
+    batch: int | None = None
+    threads: int | None = _doc("intra-op threads; 0: onnxruntime's default, all cores")
+    median_ms: float | None = _doc("median over the interleaved rounds, per run")
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+
+
+class LatencyInfo(_Section):
+    cpu: str | None = None
+    onnxruntime: str | None = _doc("onnxruntime's version")
+    cores: int | None = _doc("logical CPUs the machine has")
+    rounds: int | None = None
+    rows: list[LatencyRowInfo] = Field(default_factory=list)
 
 
 class GateResult(_Section):
@@ -147,6 +183,8 @@ class RunReport(_Section):
     layers: list[LayerRow] = Field(default_factory=list)
     accuracy: AccuracyInfo | None = None
     onnx: OnnxInfo | None = None
+    int8: Int8Info | None = None
+    latency: LatencyInfo | None = None
     files: dict[str, int] = Field(default_factory=dict)  # bytes by file name, dense_fp32_bytes
     hashes: dict[str, str] | None = None  # sha256 of every exported tensor
     timing: dict[str, float] = Field(default_factory=dict)  # seconds by stage, total_s

@@ -1,0 +1,150 @@
+"""model.int8.onnx: onnxruntime's int8 quantization of model.onnx, and the check that every
+pruned weight is still exactly zero in it.
+
+`dynamic` quantizes the weights ahead of time and the activations at run time (no data needed);
+`static` also fixes the activation ranges from calibration batches of the training data (QDQ
+format). Weights are int8, per output channel and symmetric, so a zero weight is stored as the
+zero point and stays exactly zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dwfc._atomic import atomic_path
+from dwfc.errors import ExportCheckError, first_line
+from dwfc.export.onnx_file import full_check
+
+_PathLike = str | os.PathLike[str]
+_SUFFIXES = ("_quantized", "_Transposed_quantized")  # how onnxruntime names a quantized weight
+
+
+@dataclass
+class ZeroCheck:
+    """Pruned (zero) weights of model.onnx, and how many of them model.int8.onnx keeps zero."""
+
+    zeros: int = 0  # zero entries of the quantized sparse weights, in model.onnx
+    kept: int = 0  # of those, still exactly zero in model.int8.onnx
+    quantized: list[str] = field(default_factory=list)  # sparse weights stored as int8
+    left_float: list[str] = field(default_factory=list)  # sparse weights it did not quantize
+    unchecked: list[str] = field(default_factory=list)  # quantized in a layout not recognised
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization logs advice (pre-processing) at INFO/WARNING level."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _reader(batches: Iterable[Any], count: int) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.inputs = iter(batches)
+            self.left = count
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.left == 0:
+                return None
+            batch = next(self.inputs, None)
+            if batch is None:
+                return None
+            self.left -= 1
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            return {"input": torch.as_tensor(x, dtype=torch.float32).numpy()}
+
+    return Batches()
+
+
+def quantize_int8(
+    src: _PathLike, dst: _PathLike, mode: str, calibration: Iterable[Any] | None = None,
+    batches: int = 8,
+) -> None:  # fmt: skip
+    """Write the int8 version of the ONNX model `src` to `dst` (atomically), `mode` "dynamic" or
+    "static" (calibrated on `batches` batches of `calibration`); it must pass the full checker.
+
+    Example:
+        quantize_int8("out/model.onnx", "out/model.int8.onnx", "dynamic")
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    with atomic_path(dst) as tmp, _quiet():
+        try:
+            if mode == "dynamic":
+                quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            else:
+                if calibration is None:
+                    raise ExportCheckError("static int8 quantization needs calibration batches")
+                quantize_static(
+                    str(src), str(tmp), _reader(calibration, batches),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                )  # fmt: skip
+        except ExportCheckError:
+            raise
+        except Exception as exc:
+            raise ExportCheckError(f"int8 quantization failed: {first_line(exc)}") from exc
+        problem = full_check(tmp)
+        if problem is not None:
+            raise ExportCheckError(f"the int8 model fails the ONNX checker: {problem}")
+
+
+def _zero_points(q: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """`zp` broadcast over `q`: a scalar, or one per channel along the axis of its length."""
+    if zp.size == 1:
+        return np.broadcast_to(zp.reshape(()), q.shape)
+    axis = next(a for a in range(q.ndim) if q.shape[a] == zp.size)
+    shape = [1] * q.ndim
+    shape[axis] = zp.size
+    return np.broadcast_to(zp.reshape(shape), q.shape)
+
+
+def pruned_zeros_kept(fp32: _PathLike, int8: _PathLike) -> ZeroCheck:
+    """Compare every sparse weight of the fp32 ONNX model with its int8 counterpart.
+
+    Example:
+        check = pruned_zeros_kept("model.onnx", "model.int8.onnx")
+        check.kept == check.zeros  # every pruned weight is still zero
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32)).graph.initializer}
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(int8)).graph.initializer}
+    check = ZeroCheck()
+    for name, w in weights.items():
+        if w.ndim < 2 or not np.any(w == 0):
+            continue
+        qname = next((name + s for s in _SUFFIXES if name + s in stored), None)
+        if qname is None:
+            check.left_float.append(name)  # kept as float: its zeros are the same bytes
+            continue
+        q = stored[qname]
+        if q.shape == w.shape:
+            pruned = w == 0
+        elif w.ndim == 2 and q.shape == w.T.shape:  # Gemm weights become MatMul's (in, out)
+            pruned = (w == 0).T
+        else:
+            check.unchecked.append(name)
+            continue
+        zp = stored.get(qname.replace("_quantized", "_zero_point"), np.zeros((), q.dtype))
+        zero = q == _zero_points(q, zp)
+        check.zeros += int(pruned.sum())
+        check.kept += int((pruned & zero).sum())
+        check.quantized.append(name)
+    return check
