@@ -13,23 +13,27 @@ from pathlib import Path
 
 import torch
 
-from dwfc.config import load_recipe
+from dwfc.config import Recipe, load_recipe
 from dwfc.errors import DwfcError, InputError
 from dwfc.export.latency import cores, cpu_name, measure_latency, onnxruntime_version
 from dwfc.export.onnx_file import export_onnx
 from dwfc.models import load_model_with_notes
+from dwfc.models.files import file_digest
 from dwfc.outputs import INT8_ONNX, ONNX, RECIPE, REPORT_JSON, SPARSE_ONNX
 from dwfc.report.schema import LatencyInfo, LatencyRowInfo, RunReport
 
 
 def bench_run(
-    out_dir: str | os.PathLike[str], rounds: int = 5, batches: Sequence[int] | None = None
-) -> tuple[LatencyInfo, list[str]]:
-    """Latency of the models in `out_dir` (batches: the run's `export.latency_batches`), and
-    notes on what could not be measured.
+    out_dir: str | os.PathLike[str], rounds: int = 5, batches: Sequence[int] | None = None,
+    trust_model: bool = False,
+) -> LatencyInfo:
+    """Latency of the models in `out_dir` (batches: the run's `export.latency_batches`), with
+    notes on what could not be measured. The original is measured when the file the report
+    names is still there with the digest the report records; a pickled module is unpickled only
+    with `trust_model` (never because the folder's recipe.yaml says so).
 
     Example:
-        latency, notes = bench_run("runs/lenet", rounds=7)
+        latency = bench_run("runs/lenet", rounds=7)
     """
     out = Path(out_dir)
     if not (out / ONNX).is_file():
@@ -47,23 +51,39 @@ def bench_run(
     for label, name in (("sparse", SPARSE_ONNX), ("int8", INT8_ONNX)):
         if (out / name).is_file():
             models[label] = out / name
-    notes, scratch = [], Path(tempfile.mkdtemp(prefix="dwfc-bench-"))
+    dtype = getattr(torch, report.input_dtype or "float32")
+    samples = (torch.randn(8, *report.input_shape, generator=torch.Generator().manual_seed(0))
+               if dtype.is_floating_point else torch.zeros(8, *report.input_shape, dtype=dtype))
+    notes = ["inputs are synthetic (random for float input): bench has no data"]
+    scratch = Path(tempfile.mkdtemp(prefix="dwfc-bench-"))
     try:
-        source = report.model.source if report.model else None
         try:
-            if source is None:
-                raise InputError("the report names no model file")
-            model, _ = load_model_with_notes(source, recipe.model.arch, recipe.model.arch_kwargs,
-                                             recipe.model.trust_model)  # fmt: skip
-            export_onnx(model, torch.zeros(1, *report.input_shape), scratch / "original.onnx",
-                        recipe.export.opset)  # fmt: skip
-            models = {"original": scratch / "original.onnx", **models}
+            models = {"original": _original(report, recipe, samples, scratch, trust_model),
+                      **models}  # fmt: skip
         except DwfcError as exc:
             notes.append(f"the original model was not measured: {exc}")
-        rows = measure_latency(models, report.input_shape,
-                               list(batches or recipe.export.latency_batches), rounds)
+        rows = measure_latency(models, samples, list(batches or recipe.export.latency_batches),
+                               rounds)  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    latency = LatencyInfo(cpu=cpu_name(), onnxruntime=onnxruntime_version(), cores=cores(),
-                          rounds=rounds, rows=[LatencyRowInfo(**vars(r)) for r in rows])
-    return latency, notes
+    return LatencyInfo(cpu=cpu_name(), onnxruntime=onnxruntime_version(), cores=cores(),
+                       rounds=rounds, notes=notes,
+                       rows=[LatencyRowInfo(**vars(r)) for r in rows])  # fmt: skip
+
+
+def _original(report: RunReport, recipe: Recipe, samples: torch.Tensor, folder: Path,
+              trust_model: bool) -> Path:  # fmt: skip
+    """The original model as ONNX in `folder`: rebuilt from the file the report names."""
+    info = report.model
+    if info is None or info.source is None:
+        raise InputError("the report names no model file")
+    source = Path(info.source)
+    if not source.is_file():
+        raise InputError(f"{source} is not there any more")
+    if info.sha256 is not None and file_digest(source) != info.sha256:
+        raise InputError(f"{source} is not the file that was compressed (its digest differs)")
+    model, _ = load_model_with_notes(source, recipe.model.arch, recipe.model.arch_kwargs,
+                                     trust_model)  # fmt: skip
+    path = folder / "original.onnx"
+    export_onnx(model, samples[:1], path, recipe.export.opset)
+    return path

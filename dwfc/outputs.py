@@ -33,8 +33,8 @@ OUTPUT_FILES: tuple[tuple[str, str], ...] = (
      f"`{ONNX}`; passes `onnx.checker` but not its full check (the report says why); "
      "onnxruntime expands them to dense on load: it saves disk, not memory"),
     (INT8_ONNX, "with `--quantize dynamic|static`: the int8 model (onnxruntime quantization, "
-     "weights per channel and symmetric, every pruned weight still exactly zero); its accuracy "
-     "in onnxruntime is in the report"),
+     "symmetric int8 weights); its accuracy in onnxruntime, and the check that every pruned "
+     "weight is still exactly zero, are in the report"),
     (REPORT_JSON, "everything measured: sparsity, accuracy at each stage, per-layer counts, file "
      "sizes, hashes, timing, training history, warnings, quality gates "
      "([report-schema.md](report-schema.md))"),

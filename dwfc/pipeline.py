@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from dwfc.engine.checkpoint import StopRequest, load_for_resume
 from dwfc.engine.device import Precision, device_name, resolve_device
 from dwfc.engine.loop import evaluate
 from dwfc.engine.trainer import Callback, train
-from dwfc.export.stage import export_original, export_outputs
+from dwfc.export.stage import Original, export_original, export_outputs
 from dwfc.factorize import apply_plan_, collapse_
 from dwfc.methods import method_class
 from dwfc.models import count_parameters, load_model_with_notes
@@ -71,8 +70,7 @@ def compress(
     distributed = dist.init(device)
     emit = callback if (callback is not None and dist.is_main()) else _silent
     staging: Path | None = None
-    scratch: Path | None = None
-    original_onnx: Path | None = None
+    original = Original()
     try:
         torch.manual_seed(recipe.train.seed)
         timing: dict[str, float] = {}
@@ -85,8 +83,7 @@ def compress(
         example = check_fit(model, data)
         total_params = count_parameters(model)
         if dist.is_main():  # the model before compression, for the latency comparison
-            scratch = Path(tempfile.mkdtemp(prefix="dwfc-original-"))
-            original_onnx = export_original(model, example, scratch, recipe)
+            original = export_original(model, example, recipe)
         model.to(device)
         precision = Precision.for_device(device, model, enabled=recipe.train.amp)
 
@@ -132,7 +129,7 @@ def compress(
         with writing(out):
             exported = export_outputs(
                 model, staging, names + aliases, example, data.eval_loader, data.train_loader,
-                recipe, sparsity, data.classes, original_onnx,
+                recipe, sparsity, data.classes, original,
             )  # fmt: skip
         accuracy.update(compressed_onnxruntime=exported.onnx_accuracy, **top5)
         if exported.int8 is not None:
@@ -156,7 +153,7 @@ def compress(
         raise_for_gates(report, out)
         return report
     finally:
-        for folder in (staging, scratch):
+        for folder in (staging, original.folder):
             if folder is not None and folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
         if distributed:

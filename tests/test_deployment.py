@@ -5,6 +5,7 @@ spatial axes, latency, and sparse safetensors that are dwfc's own and unpack to 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 import dwfc
+from dwfc.bench import bench_run
 from dwfc.cli import app
 from dwfc.config import Recipe
 from dwfc.errors import InputError
@@ -77,16 +79,17 @@ def _report(out: Path) -> dict:
 
 
 def _dequantized_zeros(int8: Path, name: str) -> np.ndarray:
-    """Where the int8 model's copy of weight `name` is zero, read from its own initializers."""
+    """Where the int8 model's copy of weight `name` is zero, read from its own initializers by
+    onnxruntime's naming convention (the library reads the consuming nodes instead)."""
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(int8)).graph.initializer}
     base = next(n for n in (f"{name}_quantized", f"{name}_Transposed_quantized") if n in stored)
     q = stored[base].astype(np.int32)
-    zp = stored[base.replace("_quantized", "_zero_point")].astype(np.int32)
-    axis = next(a for a in range(q.ndim) if q.shape[a] == zp.size) if zp.size > 1 else 0
+    zp = stored[base.removesuffix("_quantized") + "_zero_point"].astype(np.int32)
+    transposed = base.endswith("_Transposed_quantized")  # (in, out): one zero point per column
     shape = [1] * q.ndim
-    shape[axis] = zp.size
-    zero = q == zp.reshape(shape)
-    return zero.T if "_Transposed" in base else zero
+    shape[1 if transposed else 0] = zp.size
+    zero = q == (zp.reshape(shape) if zp.size > 1 else zp.reshape(()))
+    return zero.T if transposed else zero
 
 
 @pytest.mark.parametrize("fixture", ["dynamic_run", "static_run"])
@@ -201,10 +204,22 @@ def test_bench_measures_again_and_refuses_a_folder_without_onnx(
 ) -> None:
     result = runner.invoke(app, ["bench", str(dynamic_run), "--rounds", "1", "--batch", "4"])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert {line.split()[0] for line in lines[3:]} == {"original", "compressed", "sparse", "int8"}
+    lines = [line for line in result.stdout.splitlines()[3:] if not line.startswith("note:")]
+    assert {line.split()[0] for line in lines} == {"original", "compressed", "sparse", "int8"}
     result = runner.invoke(app, ["bench", str(tmp_path)])
     assert result.exit_code == 2 and "no model.onnx" in result.stderr
+
+
+def test_bench_without_the_original_file_measures_the_rest(
+    dynamic_run: Path, tmp_path: Path
+) -> None:
+    copy = Path(shutil.copytree(dynamic_run, tmp_path / "run"))
+    report = json.loads((copy / "report.json").read_text())
+    report["model"]["source"] = str(tmp_path / "gone.pt")
+    (copy / "report.json").write_text(json.dumps(report))
+    latency = bench_run(copy, rounds=1, batches=[2])
+    assert {r.model for r in latency.rows} == {"compressed", "sparse", "int8"}
+    assert any("gone.pt is not there" in n for n in latency.notes)
 
 
 def _compressed_tensors_like(path: Path) -> None:
@@ -287,3 +302,58 @@ def test_an_untrained_original_is_flagged(tmp_path: Path, tiny_recipe) -> None:
                            tiny_recipe(0.5, "export.onnx=false", "sparsity.finetune_epochs=0"))
     assert report.accuracy.original < 0.2
     assert any("near or below chance" in w for w in report.warnings)
+
+
+def square_mlp() -> nn.Module:
+    """A 128 x 128 Linear: onnxruntime stores it transposed, in the weight's own shape."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128),
+                         nn.ReLU(), nn.Linear(128, 10))  # fmt: skip
+
+
+def pooled_to_a_grid() -> nn.Module:
+    """Adaptive pooling to 2 x 2: the exporter refuses dynamic height and width."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(16, 10))  # fmt: skip
+
+
+class Tokens(nn.Module):
+    """A model of int64 token ids: embedding, mean, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head = nn.Embedding(50, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x).mean(dim=1))
+
+
+def token_data() -> tuple[TensorDataset, TensorDataset]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 50, (96, 12), generator=g)
+    return TensorDataset(x[:64], x[:64, 0] % 4), TensorDataset(x[64:], x[64:, 0] % 4)
+
+
+@pytest.mark.parametrize("factory, data, extra", [
+    ("square_mlp", "mnist5k", ["export.quantize=dynamic"]),
+    ("pooled_to_a_grid", "mnist5k", []),
+    ("tokens", "test_deployment:token_data", ["export.quantize=dynamic"]),
+], ids=["square-linear", "adaptive-pool", "int64-input"])  # fmt: skip
+def test_models_the_export_must_cope_with(
+    tmp_path: Path, tiny_recipe: Callable[..., Recipe], factory: str, data: str,
+    extra: list[str],
+) -> None:  # fmt: skip
+    build = {"square_mlp": square_mlp, "pooled_to_a_grid": pooled_to_a_grid, "tokens": Tokens}
+    path = tmp_path / "model.pt"
+    torch.save(build[factory]().state_dict(), path)
+    arch = f"test_deployment:{build[factory].__name__}"
+    recipe = tiny_recipe(0.7, f"model.arch={arch}", f"data.source={data}",
+                         "export.latency_rounds=1", "export.latency_batches=[2]", *extra)
+    report = dwfc.compress(path, tmp_path / "out", recipe)
+    assert report.onnx.full_check == "passed" and report.latency.rows
+    assert {r.model for r in report.latency.rows} >= {"original", "compressed"}
+    if report.int8 is not None:
+        assert report.int8.zeros == report.int8.zeros_kept > 0 and not report.int8.unchecked
+    assert report.onnx.dynamic_axes == ["batch"]

@@ -392,3 +392,34 @@ def test_training_plot_controlled_sparsity_and_log_lambda(report: dict[str, Any]
         {k: v for k, v in row.items() if k != "sparsity_ctl"} for row in report["history"]]})
     labels = [line.get_label() for line in fig_no_ctl.axes[1].get_lines()]
     assert not any("controlled" in label for label in labels)
+
+
+def _gated(accuracy: dict[str, float], classes: int | None = None) -> Any:
+    from dwfc.config import load_recipe
+    from dwfc.report.build import gate_results, warnings_for
+    from dwfc.report.schema import RunReport
+
+    report = RunReport.from_dict({"accuracy": accuracy, "sparsity": {"achieved": 0.9},
+                                  "method": {"name": "gmp"}, "data": {"classes": classes}})
+    report.gates = gate_results(load_recipe("default", ["gates.max_accuracy_drop=1"]), report)
+    report.warnings = warnings_for(report)
+    return report
+
+
+def test_the_int8_model_has_its_own_accuracy_gate(tmp_path: Path) -> None:
+    from dwfc.errors import QualityGateFailed
+    from dwfc.report.build import raise_for_gates
+
+    report = _gated({"original": 0.95, "compressed_pytorch": 0.945, "compressed_int8": 0.93})
+    passed = {g.gate: g.passed for g in report.gates}
+    assert passed == {"max_accuracy_drop": True, "max_accuracy_drop_int8": False}
+    with pytest.raises(QualityGateFailed, match="max_accuracy_drop_int8 2"):
+        raise_for_gates(report, tmp_path)
+
+
+@pytest.mark.parametrize("classes, original, flagged", [
+    (2, 0.8, False), (2, 0.52, True), (10, 0.25, False), (10, 0.12, True), (1000, 0.05, False),
+])  # fmt: skip
+def test_an_original_near_chance_is_flagged(classes: int, original: float, flagged: bool) -> None:
+    report = _gated({"original": original, "compressed_pytorch": original}, classes)
+    assert any("near or below chance" in w for w in report.warnings) == flagged

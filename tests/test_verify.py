@@ -202,3 +202,10 @@ def test_numbers_written_as_strings_are_not_taken_for_numbers(run_dir: Path) -> 
     result = verify_run(run_dir)
     assert "report" in result["failures"]
     assert "layers.0.nonzero" in _detail(result, "report")
+
+
+def test_onnx_metadata_differing_from_the_report_is_named(run_dir: Path) -> None:
+    _edit_report(run_dir, lambda r: r["onnx"]["metadata"].update({"dwfc.num_classes": "7"}))
+    result = verify_run(run_dir)
+    assert result["failures"] == ["onnx"]
+    assert "metadata_props" in _detail(result, "onnx")

@@ -242,17 +242,18 @@ def bench(
     out_dir: Annotated[Path, typer.Argument(help="An output folder of dwfc compress.")],
     rounds: Annotated[int, opt("Interleaved rounds per setting.")] = 5,
     batch: Annotated[list[int] | None, opt("Batch size (repeatable; default: the run's).")] = None,
+    trust_model: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the onnxruntime latency of a run's models again, on this machine."""
     from dwfc.bench import bench_run
 
     with _errors(as_json):
-        latency, notes = bench_run(out_dir, rounds=rounds, batches=batch)
+        latency = bench_run(out_dir, rounds=rounds, batches=batch, trust_model=trust_model)
         if as_json:
-            _print_json({"ok": True, "latency": latency.model_dump(), "notes": notes})
+            _print_json({"ok": True, "latency": latency.model_dump()})
         else:
-            out.print(format_latency(latency, notes), highlight=False, markup=False)
+            out.print(format_latency(latency), highlight=False, markup=False)
 
 
 @app.command()

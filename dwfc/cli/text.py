@@ -11,7 +11,8 @@ from torch import nn
 
 from dwfc.cli.options import FLAG_KEYS, PREFIX_FLAGS
 from dwfc.errors import KEY_MARK, DwfcError
-from dwfc.outputs import MODEL_FILES, REPORT_JSON, REPORT_MD
+from dwfc.outputs import LAYER_PLOT, MODEL_FILES, RECIPE, REPORT_JSON, REPORT_MD, TRAINING_PLOT
+from dwfc.report.format import threads
 from dwfc.report.schema import AccuracyInfo, LatencyInfo, RunReport, SparsityInfo
 from dwfc.select import PlannedWeight, plan_summary
 
@@ -61,21 +62,22 @@ def compress_summary(report: RunReport, out_dir: str) -> list[str]:
     latency = latency_line(report)
     if latency:
         lines.append(latency)
-    lines.append(f"outputs in {out_dir}/: {', '.join([*written, REPORT_MD, REPORT_JSON])}")
+    others = [REPORT_MD, REPORT_JSON, LAYER_PLOT, TRAINING_PLOT, RECIPE]
+    lines.append(f"outputs in {out_dir}/: {', '.join([*written, *others])}")
     return lines
 
 
 def latency_line(report: RunReport) -> str:
     """'latency (onnxruntime, batch 64, 1 thread): original 1.2 ms, compressed 0.9 ms (1.3x)'."""
-    rows = report.latency.rows if report.latency else []
+    latency = report.latency
+    rows = latency.rows if latency else []
     batch = max((r.batch or 0 for r in rows), default=0)
-    chosen = {r.model: r.median_ms for r in rows if r.batch == batch and r.threads == 1}
-    base = chosen.get("original")
-    if not chosen:
+    chosen = [r for r in rows if r.batch == batch and r.threads == 1 and r.median_ms]
+    if latency is None or not chosen:
         return ""
-    parts = [f"{name} {ms:.3g} ms" + (f" ({base / ms:.2f}x)" if base and ms and name != "original"
-                                      else "")
-             for name, ms in chosen.items() if ms is not None]  # fmt: skip
+    parts = [f"{r.model} {r.median_ms:.3g} ms"
+             + (f" ({latency.speedup(r):.2f}x)" if latency.speedup(r) else "")
+             for r in chosen]  # fmt: skip
     return f"latency (onnxruntime, batch {batch}, 1 thread): " + ", ".join(parts)
 
 
@@ -147,20 +149,19 @@ def format_verification(result: dict[str, Any]) -> str:
     return "\n".join([*lines, f"{result['out_dir']}: {verdict}"])
 
 
-def format_latency(latency: LatencyInfo, notes: list[str]) -> str:
+def format_latency(latency: LatencyInfo) -> str:
     """A plain-text table of latency rows, with the speed-up against the original model.
 
     Example:
-        print(format_latency(*bench_run("runs/lenet")))
+        print(format_latency(bench_run("runs/lenet")))
     """
-    base = {(r.batch, r.threads): r.median_ms for r in latency.rows if r.model == "original"}
     rows = [("model", "batch", "threads", "median ms", "q1 ms", "q3 ms", "vs original")]
     for r in latency.rows:
-        ref = base.get((r.batch, r.threads))
-        rows.append((str(r.model), str(r.batch), "all" if r.threads == 0 else str(r.threads),
-                     f"{r.median_ms:.4g}", f"{r.q1_ms:.4g}", f"{r.q3_ms:.4g}",
-                     f"{ref / r.median_ms:.2f}x" if ref and r.model != "original" else ""))
+        speedup = latency.speedup(r)
+        rows.append((str(r.model), str(r.batch), threads(r.threads), f"{r.median_ms:.4g}",
+                     f"{r.q1_ms:.4g}", f"{r.q3_ms:.4g}",
+                     f"{speedup:.2f}x" if speedup else ""))  # fmt: skip
     title = (f"onnxruntime {latency.onnxruntime} on {latency.cpu} ({latency.cores} logical CPUs), "
              f"median of {latency.rounds} interleaved rounds")  # fmt: skip
     return "\n".join([title, *_aligned(rows, right={1, 3, 4, 5, 6}, rules=(1,)),
-                      *(f"note: {n}" for n in notes)])  # fmt: skip
+                      *(f"note: {n}" for n in latency.notes)])  # fmt: skip

@@ -3,8 +3,10 @@ pruned weight is still exactly zero in it.
 
 `dynamic` quantizes the weights ahead of time and the activations at run time (no data needed);
 `static` also fixes the activation ranges from calibration batches of the training data (QDQ
-format). Weights are int8, per output channel and symmetric, so a zero weight is stored as the
-zero point and stays exactly zero.
+format). Weights are int8 and symmetric, so a zero weight is stored as its zero point and stays
+exactly zero; per output channel where the operator allows it (Gemm/MatMul, and Conv in static
+mode; dynamic ConvInteger takes one scale per tensor, and dynamic mode leaves ConvTranspose in
+float). `pruned_zeros_kept` reads the int8 file back and checks every pruned weight.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class ZeroCheck:
     zeros: int = 0  # zero entries of the quantized sparse weights, in model.onnx
     kept: int = 0  # of those, still exactly zero in model.int8.onnx
     quantized: list[str] = field(default_factory=list)  # sparse weights stored as int8
-    left_float: list[str] = field(default_factory=list)  # sparse weights it did not quantize
-    unchecked: list[str] = field(default_factory=list)  # quantized in a layout not recognised
+    left_float: list[str] = field(default_factory=list)  # left in float, byte for byte the same
+    unchecked: list[str] = field(default_factory=list)  # in a form the check does not read
 
 
 @contextlib.contextmanager
@@ -66,7 +68,7 @@ def _reader(batches: Iterable[Any], count: int) -> Any:
                 return None
             self.left -= 1
             x = batch[0] if isinstance(batch, list | tuple) else batch
-            return {"input": torch.as_tensor(x, dtype=torch.float32).numpy()}
+            return {"input": torch.as_tensor(x).numpy()}  # in the model's own input dtype
 
     return Batches()
 
@@ -104,47 +106,67 @@ def quantize_int8(
             raise ExportCheckError(f"the int8 model fails the ONNX checker: {problem}")
 
 
-def _zero_points(q: np.ndarray, zp: np.ndarray) -> np.ndarray:
-    """`zp` broadcast over `q`: a scalar, or one per channel along the axis of its length."""
+def _zero_point_of(graph: Any, qname: str, q: np.ndarray,
+                   stored: dict[str, np.ndarray]) -> np.ndarray | None:  # fmt: skip
+    """The zero point of every entry of the quantized weight `qname`, read from the node that
+    consumes it (ONNX semantics: an absent zero point is 0); None for a consumer not known."""
+    node = next((n for n in graph.node if qname in n.input), None)
+    if node is not None and node.op_type == "Gather":  # an embedding: gathered, then dequantized
+        node = next((n for n in graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] == node.output[0]), None)  # fmt: skip
+        if node is not None and any(a.name == "axis" for a in node.attribute):
+            return None  # per-axis over the gathered rows: not read here
+    if node is None:
+        return None
+    position = {"DequantizeLinear": 2, "MatMulInteger": 3, "ConvInteger": 3}.get(node.op_type)
+    if position is None:
+        return None
+    names = list(node.input)
+    zp = stored[names[position]] if len(names) > position and names[position] else None
+    if zp is None:
+        return np.zeros(q.shape, q.dtype)
     if zp.size == 1:
         return np.broadcast_to(zp.reshape(()), q.shape)
-    axis = next(a for a in range(q.ndim) if q.shape[a] == zp.size)
+    if node.op_type == "DequantizeLinear":  # per-axis: along its `axis` attribute (default 1)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    else:  # MatMulInteger: one per column of B; ConvInteger: one per output channel
+        axis = q.ndim - 1 if node.op_type == "MatMulInteger" else 0
     shape = [1] * q.ndim
     shape[axis] = zp.size
     return np.broadcast_to(zp.reshape(shape), q.shape)
 
 
 def pruned_zeros_kept(fp32: _PathLike, int8: _PathLike) -> ZeroCheck:
-    """Compare every sparse weight of the fp32 ONNX model with its int8 counterpart.
+    """Compare every sparse weight of the fp32 ONNX model with its int8 counterpart: a quantized
+    weight must store each pruned entry as its zero point; one left in float must be unchanged.
 
     Example:
         check = pruned_zeros_kept("model.onnx", "model.int8.onnx")
-        check.kept == check.zeros  # every pruned weight is still zero
+        check.kept == check.zeros and not check.unchecked  # every pruned weight still zero
     """
     import onnx
     from onnx import numpy_helper
 
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32)).graph.initializer}
-    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(int8)).graph.initializer}
+    graph = onnx.load(str(int8)).graph
+    stored = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     check = ZeroCheck()
     for name, w in weights.items():
         if w.ndim < 2 or not np.any(w == 0):
             continue
         qname = next((name + s for s in _SUFFIXES if name + s in stored), None)
         if qname is None:
-            check.left_float.append(name)  # kept as float: its zeros are the same bytes
+            same = name in stored and np.array_equal(stored[name], w)
+            (check.left_float if same else check.unchecked).append(name)
             continue
         q = stored[qname]
-        if q.shape == w.shape:
-            pruned = w == 0
-        elif w.ndim == 2 and q.shape == w.T.shape:  # Gemm weights become MatMul's (in, out)
-            pruned = (w == 0).T
-        else:
+        # onnxruntime transposes a Gemm weight for MatMulInteger and says so in the name.
+        pruned = (w == 0).T if qname.endswith("_Transposed_quantized") else w == 0
+        zp = _zero_point_of(graph, qname, q, stored) if pruned.shape == q.shape else None
+        if zp is None:
             check.unchecked.append(name)
             continue
-        zp = stored.get(qname.replace("_quantized", "_zero_point"), np.zeros((), q.dtype))
-        zero = q == _zero_points(q, zp)
         check.zeros += int(pruned.sum())
-        check.kept += int((pruned & zero).sum())
+        check.kept += int((pruned & (q == zp)).sum())
         check.quantized.append(name)
     return check

@@ -1,9 +1,11 @@
 """onnxruntime latency of the original and compressed models, measured side by side.
 
 Every (batch, threads) setting is timed in interleaved rounds: each round runs every model once
-in turn, so load on the machine touches all of them alike. A measurement repeats the run until it
-takes about `MIN_MEASURE_S` (small models finish in microseconds); the report gives the median
-over rounds and the quartiles.
+in turn, in an order that rotates from round to round, so that load on the machine and the order
+touch all of them alike. Sessions do not spin their idle threads (a spinning pool of one session
+would slow the next). A measurement repeats the run until it takes about `MIN_MEASURE_S` (small
+models finish in microseconds); the report gives the median over rounds and the quartiles. The
+inputs are evaluation samples, repeated to the batch size, in the model's own input dtype.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from dwfc.export.runtime import ort_session
 
 MIN_MEASURE_S = 0.02
 MAX_REPEATS = 200
-THREADS = (1, 0)  # one thread, and onnxruntime's default (all cores)
+THREADS = (1, 0)  # one thread, and onnxruntime's default (one per physical core)
 
 
 @dataclass
 class LatencyRow:
     model: str  # "original", "compressed", "sparse", "int8"
     batch: int
-    threads: int  # intra-op threads; 0 is onnxruntime's default, all cores
+    threads: int  # intra-op threads; 0 is onnxruntime's default, one per physical core
     median_ms: float
     q1_ms: float
     q3_ms: float
@@ -38,48 +40,60 @@ class LatencyRow:
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform says."""
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115 - read once
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _repeats(session: object, feed: dict[str, np.ndarray]) -> int:
+    session.run(None, feed)  # type: ignore[attr-defined]  # warm-up
     started = time.perf_counter()
-    session.run(None, feed)  # type: ignore[attr-defined]  # also the warm-up
+    session.run(None, feed)  # type: ignore[attr-defined]
     once = max(time.perf_counter() - started, 1e-6)
     return max(1, min(MAX_REPEATS, round(MIN_MEASURE_S / once)))
 
 
+def batch_of(samples: torch.Tensor, batch: int) -> np.ndarray:
+    """`batch` inputs taken from `samples` (repeated when there are fewer), dtype kept."""
+    reps = -(-batch // len(samples))
+    return samples.repeat(reps, *([1] * (samples.dim() - 1)))[:batch].cpu().numpy()
+
+
 def measure_latency(
-    models: Mapping[str, os.PathLike[str] | str], sample_shape: Sequence[int],
+    models: Mapping[str, os.PathLike[str] | str], samples: torch.Tensor,
     batches: Sequence[int], rounds: int,
 ) -> list[LatencyRow]:  # fmt: skip
-    """Latency rows for every model, batch size and thread setting (`THREADS`).
+    """Latency rows for every model, batch size and thread setting (`THREADS`), on inputs
+    drawn from `samples` (a batch of real inputs).
 
     Example:
-        rows = measure_latency({"compressed": "out/model.onnx"}, (1, 28, 28), [1, 64], 5)
+        rows = measure_latency({"compressed": "out/model.onnx"}, x_eval, [1, 64], 5)
     """
     rows = []
-    generator = torch.Generator().manual_seed(0)
     for threads in THREADS:
-        sessions = {label: ort_session(path, threads) for label, path in models.items()}
+        sessions = {label: ort_session(path, threads, spin=False)
+                    for label, path in models.items()}  # fmt: skip
+        labels = list(sessions)
         for batch in batches:
-            x = torch.randn(batch, *sample_shape, generator=generator).numpy()
+            x = batch_of(samples, batch)
             feeds = {label: {s.get_inputs()[0].name: x} for label, s in sessions.items()}
             repeats = {label: _repeats(s, feeds[label]) for label, s in sessions.items()}
-            times: dict[str, list[float]] = {label: [] for label in sessions}
-            for _ in range(rounds):
-                for label, session in sessions.items():
+            times: dict[str, list[float]] = {label: [] for label in labels}
+            for r in range(rounds):
+                for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+                    session, feed = sessions[label], feeds[label]
                     started = time.perf_counter()
                     for _ in range(repeats[label]):
-                        session.run(None, feeds[label])
+                        session.run(None, feed)
                     times[label].append((time.perf_counter() - started) / repeats[label])
-            for label, seconds in times.items():
-                ms = sorted(1000 * t for t in seconds)
-                quartiles = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
+            for label in labels:
+                ms = sorted(1000 * t for t in times[label])
+                quartiles = (statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1
+                             else [ms[0]] * 3)  # fmt: skip
                 rows.append(LatencyRow(label, batch, threads, statistics.median(ms),
                                        quartiles[0], quartiles[2]))  # fmt: skip
     return rows

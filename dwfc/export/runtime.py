@@ -41,17 +41,21 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def ort_session(path: _PathLike, threads: int = 0, quiet: bool = False) -> Any:
+def ort_session(path: _PathLike, threads: int = 0, quiet: bool = False,
+                spin: bool = True) -> Any:  # fmt: skip
     """An onnxruntime CPU session for the model at `path`; InputError when it cannot load.
 
-    `threads`: intra-op threads (0: onnxruntime's default, all cores). `quiet`: not even
-    errors are logged (for probing runs that are expected to fail)."""
+    `threads`: intra-op threads (0: onnxruntime's default, one per physical core). `quiet`: not
+    even errors are logged (for probing runs that are expected to fail). `spin=False`: idle
+    threads sleep instead of spinning, so that sessions timed in turn do not slow each other."""
     import onnxruntime as ort
 
     p = existing_file(path)
     options = ort.SessionOptions()
     options.log_severity_level = 4 if quiet else 3
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -8,6 +8,7 @@ dwfc/export/) and add it to `EXPORTERS`; its file name goes into dwfc/outputs.py
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from dwfc._version import __version__
 from dwfc.config import Recipe
 from dwfc.data import normalization
-from dwfc.errors import ExportCheckError
+from dwfc.errors import ExportCheckError, first_line
 from dwfc.export.int8 import pruned_zeros_kept, quantize_int8
 from dwfc.export.latency import cores, cpu_name, measure_latency, onnxruntime_version
 from dwfc.export.onnx_file import (
@@ -74,7 +75,7 @@ class ExportJob:
     recipe: Recipe
     sparsity: SparsityInfo
     classes: int | None
-    original_onnx: Path | None  # the model before compression, for the latency comparison
+    original: Original  # the model before compression, for the latency comparison
     result: ExportResult = field(default_factory=ExportResult)
 
 
@@ -118,10 +119,8 @@ def write_onnx(job: ExportJob) -> None:
     path = job.folder / ONNX
     cpu_model = job.model.to("cpu").eval()
     metadata = onnx_metadata(job)
-    spatial = job.example.dim() == 4
-    export_onnx(cpu_model, job.example[:1], path, cfg.opset, spatial, metadata)
-    if spatial and not spatial_sizes_work(path, cpu_model, job.example, cfg.parity_tolerance):
-        spatial = False
+    spatial = job.example.dim() == 4 and _exports_with_any_size(job, cpu_model, path, metadata)
+    if not spatial:
         export_onnx(cpu_model, job.example[:1], path, cfg.opset, False, metadata)
     diff = check_parity(path, cpu_model, job.example, cfg.parity_tolerance)
     job.result.onnx = OnnxInfo(
@@ -131,6 +130,18 @@ def write_onnx(job: ExportJob) -> None:
         metadata=metadata,
     )  # fmt: skip
     job.result.onnx_accuracy = onnx_accuracy(path, job.eval_loader)
+
+
+def _exports_with_any_size(job: ExportJob, model: nn.Module, path: Path,
+                           metadata: dict[str, str]) -> bool:  # fmt: skip
+    """Export with dynamic height and width to `path`; whether that export stands (it may fail,
+    e.g. adaptive pooling to a fixed grid, or not match PyTorch at another size)."""
+    cfg = job.recipe.export
+    try:
+        export_onnx(model, job.example[:1], path, cfg.opset, True, metadata)
+    except ExportCheckError:
+        return False
+    return spatial_sizes_work(path, model, job.example, cfg.parity_tolerance)
 
 
 def write_sparse_onnx(job: ExportJob) -> None:
@@ -149,7 +160,7 @@ def write_sparse_onnx(job: ExportJob) -> None:
 def write_int8(job: ExportJob) -> None:
     """model.int8.onnx (export.quantize): its accuracy, and every pruned weight still zero."""
     cfg = job.recipe.export
-    if cfg.quantize == "none" or job.result.onnx is None:
+    if cfg.quantize == "none":  # the recipe refuses quantize without ONNX export
         return
     fp32, path = job.folder / ONNX, job.folder / INT8_ONNX
     quantize_int8(fp32, path, cfg.quantize, job.train_loader, cfg.calibration_batches)
@@ -177,42 +188,59 @@ EXPORTERS: tuple[Callable[[ExportJob], None], ...] = (
 )
 
 
-def export_original(model: nn.Module, example: torch.Tensor, folder: Path,
-                    recipe: Recipe) -> Path | None:  # fmt: skip
-    """The model before compression as ONNX in `folder`, for the latency comparison (None when
-    no latency is measured)."""
+@dataclass
+class Original:
+    """The model before compression as ONNX, for the latency comparison, or why it is not;
+    `folder` is temporary: the caller removes it."""
+
+    folder: Path | None = None
+    path: Path | None = None
+    problem: str | None = None
+
+
+def export_original(model: nn.Module, example: torch.Tensor, recipe: Recipe) -> Original:
+    """Export the model before compression, when latency is measured; a model that does not
+    export is not an error here (the compressed one will say so), only a note."""
     if not (recipe.export.onnx and recipe.export.latency):
-        return None
+        return Original()
+    folder = Path(tempfile.mkdtemp(prefix="dwfc-original-"))
     path = folder / "original.onnx"
-    export_onnx(model.to("cpu").eval(), example[:1], path, recipe.export.opset)
-    return path
+    try:
+        export_onnx(model.to("cpu").eval(), example[:1], path, recipe.export.opset)
+    except ExportCheckError as exc:
+        return Original(folder, None, f"the original model was not measured: {exc}")
+    return Original(folder, path)
 
 
 def measure(job: ExportJob) -> LatencyInfo | None:
-    """onnxruntime latency of the original, compressed, sparse and int8 models (export.latency)."""
-    cfg = job.recipe.export
-    if not cfg.latency or job.result.onnx is None:
+    """onnxruntime latency of the original, compressed, sparse and int8 models (export.latency);
+    a model onnxruntime cannot time is a note in the report, not a failed run."""
+    cfg, onnx = job.recipe.export, job.result.onnx
+    if not cfg.latency or onnx is None:
         return None
-    onnx = job.result.onnx
-    models = {"original": job.original_onnx, "compressed": job.folder / ONNX,
+    models = {"original": job.original.path, "compressed": job.folder / ONNX,
               "sparse": job.folder / SPARSE_ONNX if onnx.sparse_variant else None,
               "int8": job.folder / INT8_ONNX if job.result.int8 else None}  # fmt: skip
-    rows = measure_latency({k: v for k, v in models.items() if v is not None},
-                           job.example.shape[1:], cfg.latency_batches, cfg.latency_rounds)
+    notes = [job.original.problem] if job.original.problem else []
+    try:
+        rows = measure_latency({k: v for k, v in models.items() if v is not None},
+                               job.example, cfg.latency_batches, cfg.latency_rounds)
+    except Exception as exc:  # onnxruntime's own errors: a measurement, not the outputs, failed
+        rows, notes = [], [*notes, f"latency was not measured: {first_line(exc)}"]
     return LatencyInfo(cpu=cpu_name(), onnxruntime=onnxruntime_version(), cores=cores(),
-                       rounds=cfg.latency_rounds,
+                       rounds=cfg.latency_rounds, notes=notes,
                        rows=[LatencyRowInfo(**vars(row)) for row in rows])  # fmt: skip
 
 
 def export_outputs(
     model: nn.Module, folder: Path, sparse_keys: list[str], example: torch.Tensor,
     eval_loader: DataLoader, train_loader: DataLoader, recipe: Recipe, sparsity: SparsityInfo,
-    classes: int | None, original_onnx: Path | None,
+    classes: int | None, original: Original,
 ) -> ExportResult:  # fmt: skip
     """Run every exporter into `folder`, then measure latency; the first failed check raises
     ExportCheckError."""
     job = ExportJob(model, folder, sparse_keys, example, eval_loader, train_loader, recipe,
-                    sparsity, classes, original_onnx)  # fmt: skip
+                    sparsity, classes, original)  # fmt: skip
     for exporter in EXPORTERS:
         exporter(job)
     job.result.latency = measure(job)

@@ -9,6 +9,7 @@ full unpickling loaded unsafely.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import struct
 import warnings
@@ -22,7 +23,7 @@ from torch import nn
 
 from dwfc.errors import InputError, first_line, named
 
-__all__ = ["PickledModule", "read_model_file", "short_reason", "sniff_format"]
+__all__ = ["PickledModule", "file_digest", "read_model_file", "short_reason", "sniff_format"]
 
 _PASS_INSTEAD = (
     "pass the PyTorch weights instead: a state dict (torch.save(model.state_dict(), 'model.pt') "
@@ -48,6 +49,15 @@ _UNTRAINABLE = {
     "numpy": ("a NumPy array file", _PASS_INSTEAD),
 }
 _MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def file_digest(path: Path) -> str:
+    """"sha256:<hex>" of a file's bytes: which model file a run compressed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 class PickledModule(InputError):

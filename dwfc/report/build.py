@@ -13,6 +13,7 @@ from dwfc.config import Recipe
 from dwfc.engine.outcome import TrainOutcome
 from dwfc.errors import QualityGateFailed
 from dwfc.methods import method_class
+from dwfc.models.files import file_digest
 from dwfc.report.schema import (
     SCHEMA_VERSION,
     AccuracyInfo,
@@ -30,7 +31,12 @@ from dwfc.report.schema import (
 )
 from dwfc.sparsity import layer_stats
 
-UNTRAINED_BELOW = 2.0  # x chance: an original model scoring less than this is flagged
+
+def _near_chance(classes: int) -> float:
+    """Accuracy below which an original model is flagged: under twice chance, and under chance
+    plus a tenth of the way from chance to perfect (for few classes, twice chance is a lot)."""
+    chance = 1.0 / classes
+    return min(2.0 * chance, chance + 0.1 * (1.0 - chance))
 
 
 def layer_rows(model: nn.Module, names: list[str]) -> list[LayerRow]:
@@ -83,7 +89,7 @@ def warnings_for(report: RunReport) -> list[str]:
         notes.append(f"layer collapse: every weight of {', '.join(empty)} was pruned")
     original = report.accuracy.original if report.accuracy else None
     classes = report.data.classes if report.data else None
-    if original is not None and classes and original < UNTRAINED_BELOW / classes:
+    if original is not None and classes and original < _near_chance(classes):
         notes.append(
             f"the original model scores {100 * original:.1f}% on the evaluation data, near or "
             f"below chance ({100 / classes:.1f}% for {classes} classes): is it the trained "
@@ -157,7 +163,7 @@ def build_report(
         schema_version=SCHEMA_VERSION, dwfc_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(source=str(model_path), arch=recipe.model.arch, parameters=total_params,
-                        notes=notes),
+                        sha256=file_digest(Path(model_path)), notes=notes),
         data=DataInfo(source=recipe.data.source, train_samples=samples[0],
                       eval_samples=samples[1], classes=classes),
         input_shape=input_shape, input_dtype=input_dtype, device=device, precision=precision,

@@ -111,3 +111,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "")
     return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines)
 
 
+
+
+def threads(x: Any) -> str:
+    """onnxruntime's intra-op thread setting: 0 is its default, one thread per physical core."""
+    return "default (physical cores)" if x == 0 else fmt(x, lambda v: f"{round(v)} thread(s)")

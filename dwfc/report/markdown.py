@@ -36,6 +36,7 @@ from dwfc.report.format import (
     strings,
     table,
     text,
+    threads,
     yes_no,
 )
 from dwfc.report.schema import (
@@ -163,13 +164,12 @@ def _gate_value(gate: str, x: Any) -> str:
 def _gates_section(r: RunReport) -> str:
     if not r.gates:
         return ""
-    limit = {"max_accuracy_drop": "at most ", "max_accuracy_drop_int8": "at most ",
-             "min_sparsity": "at least "}  # fmt: skip
+    limit = {"max": "at most ", "min": "at least "}
     rows = []
     for g in r.gates:
         gate = str(g.gate)
         result = DASH if g.passed is None else ("PASS" if g.passed else "**FAIL**")
-        rows.append([code(gate), limit.get(gate, "") + _gate_value(gate, g.threshold),
+        rows.append([code(gate), limit.get(gate[:3], "") + _gate_value(gate, g.threshold),
                      _gate_value(gate, g.value), result])
     note = ("A failed gate makes `dwfc compress` exit with code 3; the outputs and this report "
             "are still written.")
@@ -363,27 +363,24 @@ def _int8_section(r: RunReport) -> str:
     return "## int8\n\n" + table(["Check", "Value"], rows, align="ll")
 
 
-_THREADS = {1: "1 thread", 0: "all cores"}
-
-
 def _latency_section(r: RunReport) -> str:
     lat = r.latency
-    if lat is None or not lat.rows:
+    if lat is None:
         return ""
-    base = {(x.batch, x.threads): x.median_ms for x in lat.rows if x.model == "original"}
     rows = []
     for x in lat.rows:
-        ref = base.get((x.batch, x.threads))
-        speedup = (f"{ref / x.median_ms:.2f}x" if ref and x.median_ms and x.model != "original"
-                   else "")  # fmt: skip
-        rows.append([text(x.model), count(x.batch), _THREADS.get(x.threads, text(x.threads)),
+        speedup = lat.speedup(x)
+        rows.append([text(x.model), count(x.batch), threads(x.threads),
                      fmt(x.median_ms, lambda v: f"{v:.3g}"),
                      f"{fmt(x.q1_ms, lambda v: f'{v:.3g}')} – {fmt(x.q3_ms, lambda v: f'{v:.3g}')}",
-                     speedup])  # fmt: skip
+                     f"{speedup:.2f}x" if speedup else ""])  # fmt: skip
     header = ["Model", "Batch", "Threads", "Median (ms)", "Quartiles (ms)", "vs original"]
     note = (f"onnxruntime {text(lat.onnxruntime)} on {text(lat.cpu)} ({count(lat.cores)} logical "
-            f"CPUs), median of {count(lat.rounds)} interleaved rounds per setting.")
-    return "## Latency\n\n" + table(header, rows, align="llllrr") + f"\n\n{note}"
+            f"CPUs), median of {count(lat.rounds)} interleaved rounds per setting, on "
+            "evaluation inputs.")
+    notes = "".join(f"\n\n{_item(n)}" for n in lat.notes)
+    body = table(header, rows, align="llllrr") + "\n\n" if rows else ""
+    return f"## Latency\n\n{body}{note}{notes}"
 
 
 def _timing_section(r: RunReport) -> str:

@@ -33,6 +33,7 @@ class ModelInfo(_Section):
     source: str | None = _doc("the model file")
     arch: str | None = _doc("model.arch: the architecture a state dict was loaded into")
     parameters: int | None = None
+    sha256: str | None = _doc("digest of the model file's bytes")
     notes: list[str] = Field(default_factory=list, description="how the model file was read")
 
 
@@ -120,7 +121,8 @@ class Int8Info(_Section):
     max_abs_diff: float | None = _doc("largest |int8 - fp32 ONNX| on an evaluation batch")
     zeros: int | None = _doc("pruned (zero) entries of the weights it quantized")
     zeros_kept: int | None = _doc("of those, still exactly zero in the int8 model")
-    quantized: list[str] = Field(default_factory=list, description="sparse weights in int8")
+    quantized: list[str] = Field(default_factory=list,
+                                 description="sparse weights in int8 (ONNX initializer names)")
     left_float: list[str] = Field(default_factory=list, description="sparse weights in float")
     unchecked: list[str] = Field(default_factory=list, description="layout not recognised")
 
@@ -128,7 +130,7 @@ class Int8Info(_Section):
 class LatencyRowInfo(_Section):
     model: str | None = _doc("original, compressed, sparse or int8")
     batch: int | None = None
-    threads: int | None = _doc("intra-op threads; 0: onnxruntime's default, all cores")
+    threads: int | None = _doc("intra-op threads; 0: onnxruntime's default, one per core")
     median_ms: float | None = _doc("median over the interleaved rounds, per run")
     q1_ms: float | None = None
     q3_ms: float | None = None
@@ -140,6 +142,16 @@ class LatencyInfo(_Section):
     cores: int | None = _doc("logical CPUs the machine has")
     rounds: int | None = None
     rows: list[LatencyRowInfo] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="what could not be measured")
+
+    def speedup(self, row: LatencyRowInfo) -> float | None:
+        """The original's median over `row`'s, at the same batch and threads (None for the
+        original itself, or when it was not measured)."""
+        if row.model == "original" or not row.median_ms:
+            return None
+        base = next((r.median_ms for r in self.rows if r.model == "original"
+                     and (r.batch, r.threads) == (row.batch, row.threads)), None)  # fmt: skip
+        return base / row.median_ms if base else None
 
 
 class GateResult(_Section):

@@ -64,13 +64,10 @@ def _input_batch(run: Run, path: Path) -> torch.Tensor:
 def _ort_outputs(path: Path, run: Run, full: bool = True) -> tuple[np.ndarray, torch.Tensor]:
     """onnxruntime's outputs on the check batch, once the file passes onnx.checker (with its
     full check, unless `full` is off)."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=full)
-    except Exception as exc:
+    problem = full_check(path, full)
+    if problem is not None:
         what = "onnx.checker's full check" if full else "onnx.checker"
-        raise Fail(f"{path.name} fails {what}: {first_line(exc)}") from None
+        raise Fail(f"{path.name} fails {what}: {problem}")
     batch = _input_batch(run, path)
     return onnx_outputs(path, batch), batch
 
@@ -91,8 +88,11 @@ def check_onnx(run: Run) -> str:
     if not reference <= _tolerance(run):
         raise Fail(f"onnx.reference.ReferenceEvaluator differs from onnxruntime by "
                    f"{reference:.3g}")  # fmt: skip
+    recorded = run.onnx.metadata
+    if recorded is not None and _metadata(run.out / ONNX) != recorded:
+        raise Fail(f"the metadata_props of {ONNX} differ from what the report records")
     checked = (f"passes onnx.checker's full check; the reference evaluator agrees with "
-               f"onnxruntime ({reference:.3g})")
+               f"onnxruntime ({reference:.3g})" + ("; metadata as recorded" if recorded else ""))
     if run.model is None:
         return f"{checked}; runs on {len(batch)} inputs; no model to compare"
     with torch.no_grad():
@@ -102,6 +102,12 @@ def check_onnx(run: Run) -> str:
     if not diff <= tolerance:
         raise Fail(f"onnxruntime differs from PyTorch by {diff:.3g} (tolerance {tolerance:g})")
     return f"{checked}; max |onnxruntime - PyTorch| {diff:.3g} <= {tolerance:g}"
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def _tolerance(run: Run) -> float:
@@ -149,8 +155,14 @@ def check_int8(run: Run) -> str:
     recorded = run.report.int8
     if recorded is not None and recorded.zeros is not None and recorded.zeros != zeros.zeros:
         raise Fail(f"{zeros.zeros} pruned weights quantized, the report says {recorded.zeros}")
-    return (f"passes onnx.checker's full check; all {zeros.zeros} pruned weights still zero; "
-            f"runs on {len(batch)} inputs")
+    if zeros.unchecked:
+        raise Fail(f"the pruned weights of {', '.join(zeros.unchecked)} cannot be checked: their "
+                   "int8 form is not one this check reads")  # fmt: skip
+    kept = (f"all {zeros.zeros} pruned weights of the int8 weights still zero" if zeros.zeros
+            else "no pruned weight was quantized")  # fmt: skip
+    floats = f"; {len(zeros.left_float)} sparse weights left in float, unchanged" if (
+        zeros.left_float) else ""
+    return f"passes onnx.checker's full check; {kept}{floats}; runs on {len(batch)} inputs"
 
 
 def check_accuracy(run: Run) -> str:
