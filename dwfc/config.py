@@ -24,8 +24,10 @@ from pydantic import (
     model_validator,
 )
 
-from dwfc.errors import InputError, first_line
+from dwfc.errors import InputError, first_line, named
 from dwfc.layers import DEFAULT_LAYER_TYPES
+
+DEFAULT_TARGET = 0.95  # sparsity.target of unstructured runs that set none
 
 
 class _Section(BaseModel):
@@ -80,8 +82,8 @@ class TrainConfig(_Section):
 
 
 class SparsityConfig(_Section):
-    method: str = "dwf"  # a name in dwfc.methods.METHODS; baselines: docs/baselines.md
-    target: float = 0.95
+    method: str = "dwf"  # a method of the structure (dwfc.methods); baselines: docs/baselines.md
+    target: float | None = None  # share of weights to zero; None: 0.95 (unstructured only)
     eps: float = Field(1.19e-7, gt=0)  # "zero" in the paper's convention (fp32 machine epsilon)
     relative_threshold: float = Field(0.01, gt=0, lt=1)  # negligible: |w| < this * layer RMS
     ramp_fraction: float = Field(0.5, gt=0, le=1)  # share of DWF epochs spent ramping to target
@@ -103,18 +105,28 @@ class SparsityConfig(_Section):
     @field_validator("method")
     @classmethod
     def _registered_method(cls, v: str) -> str:
-        from dwfc.methods import METHODS  # the registry imports the methods, which import this
+        from dwfc.methods import REGISTRIES  # the registries import the methods, which import this
 
-        if v not in METHODS:
-            raise ValueError(f"unknown sparsity.method '{v}': use {', '.join(METHODS)}")
+        if not any(v in methods for methods in REGISTRIES.values()):
+            names = dict.fromkeys(n for methods in REGISTRIES.values() for n in methods)
+            raise ValueError(f"unknown sparsity.method '{v}': use {', '.join(names)}")
         return v
 
     @field_validator("target")
     @classmethod
-    def _target_in_open_unit_interval(cls, v: float) -> float:
-        if not (0.0 < v < 1.0) or math.isnan(v):
+    def _target_in_open_unit_interval(cls, v: float | None) -> float | None:
+        if v is not None and (not (0.0 < v < 1.0) or math.isnan(v)):
             raise ValueError(f"must be strictly between 0 and 1, got {v}")
         return v
+
+
+class StructureConfig(_Section):
+    kind: Literal["unstructured", "channel"] = "unstructured"  # channel: docs/structured.md
+    target_speedup: float = Field(2.0, gt=1)  # channel: dense MACs / compressed MACs
+    round_to: int = Field(8, ge=1)  # channel: each layer keeps a multiple of this many channels
+    exclude: list[str] = Field(default_factory=list)  # channel: layers never shrunk (glob, re:)
+    penalty: Literal["macs", "uniform"] = "macs"  # channel penalty per group: by MACs, or equal
+    lambda_init: float = Field(0.03, gt=0)  # channel methods with a penalty: starting lambda
 
 
 class ExportConfig(_Section):
@@ -139,6 +151,7 @@ class ExportConfig(_Section):
 class GatesConfig(_Section):
     max_accuracy_drop: float | None = Field(None, ge=0)  # points; fail (exit 3) above this
     min_sparsity: float | None = Field(None, ge=0, le=1)  # fail (exit 3) below this
+    min_speedup: float | None = Field(None, gt=0)  # channel: fail (exit 3) below this MAC speed-up
 
 
 class Recipe(_Section):
@@ -147,12 +160,33 @@ class Recipe(_Section):
     def model_post_init(self, context: Any) -> None:
         if self.train.lr is None:  # D = 4 diverged at 0.05 on LeNet-300-100 (docs/controller.md)
             self.train.lr = 0.05 if self.factorize.depth <= 3 else 0.03
+        if self.sparsity.target is None and self.structure.kind == "unstructured":
+            self.sparsity.target = DEFAULT_TARGET
+
+    @model_validator(mode="after")
+    def _method_of_the_structure(self) -> Recipe:
+        from dwfc.methods import REGISTRIES
+
+        kind, method = self.structure.kind, self.sparsity.method
+        if method not in REGISTRIES[kind]:
+            raise ValueError(f"{named('sparsity.method')}={method} is not a method of "
+                             f"{named('structure.kind')}={kind}: use {', '.join(REGISTRIES[kind])}")
+        if kind == "channel" and self.sparsity.target is not None:
+            raise ValueError(f"{named('sparsity.target')} (weight sparsity) does not combine with "
+                             f"{named('structure.kind')}=channel yet: set "
+                             f"{named('structure.target_speedup')} instead")
+        if kind == "unstructured" and self.gates.min_speedup is not None:
+            raise ValueError(f"{named('gates.min_speedup')} needs "
+                             f"{named('structure.kind')}=channel: unstructured sparsity does not "
+                             "change MACs")
+        return self
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     factorize: FactorizeConfig = Field(default_factory=FactorizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    structure: StructureConfig = Field(default_factory=StructureConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
 
@@ -251,6 +285,8 @@ def _format_validation_error(exc: ValidationError) -> str:
         leaf = str(first["loc"][-1])
         where = f"{section_name}." if section and len(first["loc"]) > 1 else ""
         return str(_unknown_key(leaf, valid, where))
+    if not first["loc"]:  # a check across sections: the message names the keys
+        return message
     if isinstance(got, dict):  # a check across a section's keys: the message names them
         return f"recipe section '{loc}': {message}"
     return f"recipe key '{loc}': {message} (got {got!r})"

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 from dwfc.config import FactorizeConfig
 from dwfc.errors import InputError
 from dwfc.select import PlannedWeight, plan
+from dwfc.structure.gates import fold_gates_
 
 FilterFn = Callable[[nn.Module, str], bool]
 Init = Literal["balanced", "varmatch"]
@@ -295,7 +296,8 @@ def set_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
 
 
 def collapse_(model: nn.Module) -> None:
-    """Multiply every factorized weight back into one plain parameter, masks applied, in place.
+    """Multiply every factorized weight back into one plain parameter, masks applied, in place;
+    channel gates (dwfc.structure.gates) are folded in the same way.
 
     After this the model has its original classes, parameter names and state_dict keys (tied
     weights are one parameter again), and pruned entries are exact zeros.
@@ -308,6 +310,7 @@ def collapse_(model: nn.Module) -> None:
         parametrize.remove_parametrizations(fw.module, fw.param, leave_parametrized=True)
         _restore_order(fw.module._parameters, order)  # back to the original state_dict keys
     retie_(model)
+    fold_gates_(model)
 
 
 def misalignment(model: nn.Module) -> float:

@@ -1,6 +1,7 @@
 """`dwfc inspect FILE`: per-tensor shapes, non-zeros and sparsity of a weights file, and totals.
 
-Reads dwfc sparse safetensors files (sparse-bitmask entries shown as one tensor), plain
+Reads dwfc sparse safetensors files (sparse-bitmask entries shown as one tensor; the weights
+of a `--structure channel` run with the spec that rebuilds their architecture), plain
 safetensors, sparse-bitmask files dwfc did not write (compressed-tensors': their parts are
 counted, not decoded), ONNX models (initializers and sparse_initializers) and PyTorch state dicts
 (`torch.load(weights_only=True)`; a checkpoint dict holding one under "state_dict", "model" or
@@ -30,6 +31,7 @@ from dwfc.export.sparse_file import (
 )
 from dwfc.models import find_weights
 from dwfc.models.files import PickledModule, read_model_file, sniff_format
+from dwfc.structure.prune import PRUNED_KEY, PrunedSpec
 
 __all__ = ["inspect_file"]
 
@@ -51,8 +53,10 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     kind = _kind(p)
+    extra: dict[str, Any] = {}
     if kind == "safetensors":
         fmt, layers = _safetensors_layers(p)
+        extra = _pruned(p)
     elif kind == "onnx":
         fmt, layers = "onnx", _onnx_layers(p)
     else:
@@ -66,7 +70,19 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         "sparsity": 1.0 - nonzero / weights if weights else 0.0,
         "file_bytes": p.stat().st_size,
     }
-    return {"path": str(p), "format": fmt, "layers": layers, "totals": totals}
+    return {"path": str(p), "format": fmt, "layers": layers, "totals": totals, **extra}
+
+
+def _pruned(p: Path) -> dict[str, Any]:
+    """{"pruned": ...} for the weights of a --structure channel run: the spec that rebuilds the
+    smaller architecture (`dwfc.load_pruned`)."""
+    meta = read_metadata(p)
+    if PRUNED_KEY not in meta:
+        return {}
+    spec = PrunedSpec.from_json(meta[PRUNED_KEY])
+    removed = sum(len(idxs) for _, _, idxs in spec.history)
+    return {"pruned": {"input_shape": spec.input_shape, "removals": len(spec.history),
+                       "channels_removed": removed, "layers": [n for n, _, _ in spec.history]}}
 
 
 # --------------------------------------------------------------------------- readers

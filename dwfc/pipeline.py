@@ -1,7 +1,8 @@
 """compress(): the stages of `dwfc compress` in order, each a call into the module that owns it.
 
-load (models/) -> select (select.py) -> data (data/loaders.py) -> factorize (factorize.py, for
-methods that train factors) -> train (engine/, methods/) -> collapse -> BatchNorm
+load (models/) -> select (select.py; structure.kind=channel: structure/plan.py, after the data)
+-> data (data/loaders.py) -> prepare (the method's: factorize.py, structure/gates.py) -> train
+(engine/, methods/) -> collapse (channel: structure/prune.py removes the channels) -> BatchNorm
 (batchnorm.py) -> export (export/stage.py) -> report (report/) -> gates -> publish (outputs.py).
 """
 
@@ -24,18 +25,33 @@ from dwfc.engine.device import Precision, device_name, resolve_device
 from dwfc.engine.loop import evaluate
 from dwfc.engine.trainer import Callback, train
 from dwfc.export.stage import Original, export_original, export_outputs
-from dwfc.factorize import apply_plan_, collapse_
+from dwfc.factorize import collapse_
 from dwfc.methods import method_class
 from dwfc.models import count_parameters, load_model_with_notes
 from dwfc.outputs import CHECKPOINT, RECIPE, check_out, file_sizes, make_staging, publish, writing
-from dwfc.report.build import build_report, layer_rows, raise_for_gates, sparsity_summary
+from dwfc.report.build import (
+    build_report,
+    channel_summary,
+    layer_rows,
+    raise_for_gates,
+    sparsity_summary,
+)
 from dwfc.report.markdown import write_report
 from dwfc.report.schema import RunReport
 from dwfc.select import plan
+from dwfc.structure import ChannelPlan, check_target, plan_channels, remove_
 
 
 def _silent(event: str, info: dict) -> None:
     pass
+
+
+def plan_for(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ChannelPlan:
+    """The channel plan of a structure.kind=channel run, its target checked before training."""
+    cfg = recipe.structure
+    channels = plan_channels(model, example, cfg.round_to, cfg.exclude)
+    check_target(channels, cfg.target_speedup)
+    return channels
 
 
 def compress(
@@ -78,9 +94,12 @@ def compress(
         model, notes = load_model_with_notes(
             model_path, recipe.model.arch, recipe.model.arch_kwargs, recipe.model.trust_model
         )
-        planned = plan(model, recipe.factorize)
+        channel = recipe.structure.kind == "channel"
+        method = method_class(recipe.sparsity.method, recipe.structure.kind)
+        planned = [] if channel else plan(model, recipe.factorize)
         data = load_run_data(recipe, device)
         example = check_fit(model, data)
+        channels = plan_for(model, example, recipe) if channel else None
         total_params = count_parameters(model)
         if dist.is_main():  # the model before compression, for the latency comparison
             original = export_original(model, example, recipe)
@@ -95,32 +114,33 @@ def compress(
         timing["load_s"] = time.perf_counter() - started
 
         names = [p.name for p in planned]
-        factors = method_class(recipe.sparsity.method).trains == "factors"
-        if factors:
-            apply_plan_(model, planned, init=recipe.factorize.init)
+        method.prepare(model, channels or planned, recipe)
         if precision.channels_last:
             model.to(memory_format=torch.channels_last)
-        emit("stage", {"stage": "train", "factorized" if factors else "pruned": len(names)})
+        trained = {"groups": len(channels.removable)} if channels else {"weights": len(names)}
+        emit("stage", {"stage": "train", "method": method.trains, **trained})
         with StopRequest() as stop:
             outcome = train(
-                model, names, data.train_loader, data.eval_loader, recipe, device, emit,
-                precision=precision, forward_model=dist.wrap(model, device), resume=payload,
-                checkpoint=checkpoint if recipe.train.checkpoint else None,
+                model, channels or names, data.train_loader, data.eval_loader, recipe, device,
+                emit, precision=precision, forward_model=dist.wrap(model, device),
+                resume=payload, checkpoint=checkpoint if recipe.train.checkpoint else None,
                 loader_generator=data.generator, stop=stop,
             )  # fmt: skip
         timing.update(outcome.timing)
         accuracy.update(outcome.accuracy)
 
         collapse_(model)
+        spec = remove_(model, outcome.removed or {}, example) if channels else None
         accuracy.update(recalibrate_and_measure(
             model, recipe.sparsity.recalibrate_bn, data.train_loader, measure, device))  # fmt: skip
         accuracy["compressed_pytorch"] = measure()
         if data.top5:
             top5["compressed_pytorch_top5"] = measure(5)
-        layers = layer_rows(model, names)
-        sparsity = sparsity_summary(layers, recipe, outcome, total_params)
+        layers = [] if channels else layer_rows(model, names)
+        sparsity = None if channels else sparsity_summary(layers, recipe, outcome, total_params)
+        structure = channel_summary(channels, model, example, recipe, outcome) if channels else None
         if not dist.is_main():
-            return RunReport(rank=dist.rank(), sparsity=sparsity)
+            return RunReport(rank=dist.rank(), sparsity=sparsity, structure=structure)
 
         emit("stage", {"stage": "export"})
         export_started = time.perf_counter()
@@ -129,7 +149,7 @@ def compress(
         with writing(out):
             exported = export_outputs(
                 model, staging, names + aliases, example, data.eval_loader, data.train_loader,
-                recipe, sparsity, data.classes, original,
+                recipe, sparsity, data.classes, original, structure, spec,
             )  # fmt: skip
         accuracy.update(compressed_onnxruntime=exported.onnx_accuracy, **top5)
         if exported.int8 is not None:
@@ -141,7 +161,8 @@ def compress(
             samples=data.samples, input_shape=list(example.shape[1:]),
             input_dtype=str(example.dtype).removeprefix("torch."), device=device_name(device),
             precision=precision.describe(), world_size=dist.world_size(), resumed=resume,
-            outcome=outcome, layers=layers, sparsity=sparsity, accuracy=accuracy,
+            outcome=outcome, layers=layers, sparsity=sparsity, structure=structure,
+            accuracy=accuracy,
             onnx=exported.onnx, int8=exported.int8, latency=exported.latency,
             files=file_sizes(staging, total_params), hashes=exported.hashes, timing=timing,
             classes=data.classes,

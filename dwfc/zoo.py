@@ -1,6 +1,8 @@
-"""Small reference models for 1x28x28 inputs (MNIST-sized): LeNet-300-100 and LeNet-5.
+"""Small reference models for 1x28x28 inputs (MNIST-sized): LeNet-300-100, LeNet-5, and a small
+residual CNN with BatchNorm (ResNetMini), the structured benchmark's second model.
 
-Pass a factory on the command line as `--arch dwfc.zoo:lenet5` or `--arch dwfc.zoo:lenet_300_100`.
+Pass a factory on the command line as `--arch dwfc.zoo:lenet5`, `--arch dwfc.zoo:lenet_300_100`
+or `--arch dwfc.zoo:resnet_mini`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from torch import nn
 
 from dwfc.errors import InputError
 
-__all__ = ["LeNet300100", "LeNet5", "lenet_300_100", "lenet5"]
+__all__ = ["LeNet300100", "LeNet5", "ResNetMini", "lenet_300_100", "lenet5", "resnet_mini"]
 
 
 def _check_num_classes(num_classes: int) -> int:
@@ -93,3 +95,56 @@ def lenet5(num_classes: int = 10) -> LeNet5:
         >>> model = lenet5(num_classes=10)
     """
     return LeNet5(num_classes)
+
+
+class _Block(nn.Module):
+    """A basic residual block: two 3x3 convolutions with BatchNorm, a 1x1 projection when the
+    shape changes."""
+
+    def __init__(self, channels_in: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or channels_in != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(channels))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNetMini(nn.Module):
+    """A small ResNet for (N, 1, 28, 28) input: a 16-channel stem of stride 2, one basic block at
+    each of 16, 32 and 64 channels (14, 7, 4 pixels), global average pooling (77,754 parameters).
+
+    Example:
+        >>> ResNetMini()(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        num_classes = _check_num_classes(num_classes)
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU())  # fmt: skip
+        self.blocks = nn.Sequential(_Block(16, 16, 1), _Block(16, 32, 2), _Block(32, 64, 2))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map a (N, 1, 28, 28) batch to (N, num_classes) logits."""
+        return self.head(self.blocks(self.stem(x)))
+
+
+def resnet_mini(num_classes: int = 10) -> ResNetMini:
+    """Build a fresh ResNetMini.
+
+    Example:
+        >>> model = resnet_mini(num_classes=10)
+    """
+    return ResNetMini(num_classes)

@@ -6,6 +6,8 @@ Tests marked `slow` (end-to-end runs of tens of seconds, e.g. `dwfc demo`) run b
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,3 +78,20 @@ def tiny_recipe() -> Callable[..., Recipe]:
         return load_recipe("default", [*TINY_OVERRIDES, f"sparsity.target={target}", *overrides])
 
     return make
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before writing {path}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {path} after {timeout} s")
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="session")
+def wait_for() -> Callable[..., None]:
+    """Waits until a file exists (a run's first checkpoint), failing if the process ends first."""
+    return _wait_for

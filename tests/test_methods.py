@@ -74,7 +74,7 @@ def test_a_baseline_run_never_factorizes(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a baseline's weights went through factorization")
 
-    monkeypatch.setattr(dwfc.pipeline, "apply_plan_", refuse)
+    monkeypatch.setattr(dwfc.methods.dwf, "apply_plan_", refuse)
     report = dwfc.compress(state_dict_path, tmp_path / "out",
                            tiny_recipe(0.9, "sparsity.method=gmp", "export.onnx=false"))
     assert report.method.name == "gmp" and report.method.depth is None

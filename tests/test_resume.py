@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,6 @@ def _compress(model: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before writing {path}: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no {path} after {timeout} s")
-        time.sleep(0.005)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(state_dict_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("full") / "out"
@@ -51,11 +39,13 @@ def uninterrupted(state_dict_path: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def killed(state_dict_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def killed(
+    state_dict_path: Path, tmp_path_factory: pytest.TempPathFactory, wait_for
+) -> Path:
     """The --out of a run killed with SIGKILL after its first checkpoint (copy before use)."""
     out = tmp_path_factory.mktemp("killed") / "out"
     proc = _compress(state_dict_path, out)
-    _wait_for(out / CHECKPOINT_NAME, proc)
+    wait_for(out / CHECKPOINT_NAME, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     return out
@@ -92,11 +82,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
 
 
 def test_sigint_saves_a_checkpoint_mid_epoch_and_resume_finishes_the_run(
-    state_dict_path, uninterrupted, tmp_path
+    state_dict_path, uninterrupted, tmp_path, wait_for
 ):
     out = tmp_path / "out"
     proc = _compress(state_dict_path, out)
-    _wait_for(out / CHECKPOINT_NAME, proc)
+    wait_for(out / CHECKPOINT_NAME, proc)
     os.kill(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     if proc.returncode == 0:
@@ -136,7 +126,7 @@ def test_a_leftover_checkpoint_needs_resume_or_overwrite(state_dict_path, killed
 
 @pytest.mark.parametrize("method", ["gmp", "l1"])
 def test_a_baseline_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
-    method, state_dict_path, tmp_path
+    method, state_dict_path, tmp_path, wait_for
 ):
     """Baselines run in the same engine as DWF: they checkpoint and resume bit for bit too."""
     extra = [f"sparsity.method={method}"]
@@ -147,7 +137,7 @@ def test_a_baseline_killed_after_its_first_checkpoint_resumes_to_the_same_weight
 
     out = tmp_path / "killed"
     proc = _compress(state_dict_path, out, *extra)
-    _wait_for(out / CHECKPOINT_NAME, proc)
+    wait_for(out / CHECKPOINT_NAME, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (out / "model.safetensors").exists()

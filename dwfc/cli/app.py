@@ -19,15 +19,21 @@ from dwfc._version import __version__
 from dwfc.cli.options import (
     ArchKwargOpt,
     ArchOpt,
+    DataOpt,
+    DataRootOpt,
     DepthOpt,
     DepthOverrideOpt,
     ExcludeOpt,
+    ImageSizeOpt,
     IncludeOpt,
     JsonOpt,
     ModelArg,
     Overrides,
     QuietOpt,
     RecipeOpt,
+    RoundToOpt,
+    StructureOpt,
+    TargetSpeedupOpt,
     TrustOpt,
     flag_overrides,
     opt,
@@ -36,6 +42,7 @@ from dwfc.cli.progress import RichProgress
 from dwfc.cli.text import (
     compress_summary,
     for_cli,
+    format_channel_plan,
     format_inspection,
     format_latency,
     format_plan,
@@ -92,11 +99,12 @@ def compress(
     out_dir: Annotated[Path, opt("Output folder.", "--out", "-o")] = Path("runs/dwfc"),
     depth: DepthOpt = None,
     target_sparsity: Annotated[float | None, opt("Share of factorized weights to zero.")] = None,
-    data: Annotated[
-        str | None, opt("mnist5k, a data set name, or package.module:factory.")
-    ] = None,
-    data_root: Annotated[str | None, opt("Local folder of the data set.")] = None,
-    image_size: Annotated[int | None, opt("Resize (and centre-crop) images to this size.")] = None,
+    structure: StructureOpt = None,
+    target_speedup: TargetSpeedupOpt = None,
+    round_to: RoundToOpt = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    image_size: ImageSizeOpt = None,
     arch: ArchOpt = None,
     arch_kwarg: ArchKwargOpt = None,
     trust_model: TrustOpt = False,
@@ -111,6 +119,11 @@ def compress(
     min_sparsity: Annotated[
         float | None, opt(f"Gate: fail (exit {QualityGateFailed.exit_code}) below this sparsity.")
     ] = None,
+    min_speedup: Annotated[
+        float | None,
+        opt(f"Gate (--structure channel): fail (exit {QualityGateFailed.exit_code}) below this "
+            "MAC speed-up."),
+    ] = None,
     quantize: Annotated[
         str | None, opt("none, dynamic or static: also write model.int8.onnx.")
     ] = None,
@@ -118,22 +131,27 @@ def compress(
     exclude: ExcludeOpt = None,
     depth_override: DepthOverrideOpt = None,
     recipe: RecipeOpt = "default",
-    dry_run: Annotated[bool, opt("List the weights that would be factorized, then stop.")] = False,
+    dry_run: Annotated[
+        bool, opt("List the weights (channel groups) that would be compressed, then stop.")
+    ] = False,
     overwrite: Annotated[bool, opt("Replace the outputs in a non-empty --out.")] = False,
     resume: Annotated[bool, opt("Continue from --out/checkpoint.pt.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Factorize, fine-tune, cut to the target sparsity; write safetensors, ONNX and a report."""
+    """Factorize (or gate channels), fine-tune, cut to the target; write safetensors, ONNX and a
+    report."""
     from dwfc.pipeline import compress as run_compress
 
     with _errors(as_json):
         resolved = _resolve_recipe(
             recipe, overrides, arch_kwarg, trust_model, include, exclude, depth_override,
-            depth=depth, target_sparsity=target_sparsity, data=data, data_root=data_root,
+            depth=depth, target_sparsity=target_sparsity, structure=structure,
+            target_speedup=target_speedup, round_to=round_to, data=data, data_root=data_root,
             image_size=image_size, quantize=quantize,
             arch=arch, device=device, epochs=epochs, seed=seed, lr=lr,
             max_accuracy_drop=max_accuracy_drop, min_sparsity=min_sparsity,
+            min_speedup=min_speedup,
         )  # fmt: skip
         if dry_run:
             _plan(model, resolved, as_json)
@@ -190,11 +208,31 @@ def _plan(model_path: Path, recipe: Recipe, as_json: bool) -> None:
     model, _ = load_model_with_notes(
         model_path, recipe.model.arch, recipe.model.arch_kwargs, recipe.model.trust_model
     )
+    if recipe.structure.kind == "channel":
+        _channel_plan(model, recipe, as_json)
+        return
     planned = plan(model, recipe.factorize)
     if as_json:
         _print_json({"ok": True, **plan_summary(planned, model)})
     else:
         out.print(format_plan(planned, model), highlight=False, markup=False)
+
+
+def _channel_plan(model: Any, recipe: Recipe, as_json: bool) -> None:
+    """The channel groups of `model` traced on the recipe's data; a target no removal reaches
+    is refused here too."""
+    import torch
+
+    from dwfc.data.loaders import check_fit, load_run_data
+    from dwfc.pipeline import plan_for
+
+    example = check_fit(model, load_run_data(recipe, torch.device("cpu")))
+    summary = plan_for(model, example, recipe).summary()
+    summary["target_speedup"] = recipe.structure.target_speedup
+    if as_json:
+        _print_json({"ok": True, **summary})
+    else:
+        out.print(format_channel_plan(summary), highlight=False, markup=False)
 
 
 @app.command()
@@ -283,14 +321,22 @@ def plan_command(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     depth_override: DepthOverrideOpt = None,
+    structure: StructureOpt = None,
+    target_speedup: TargetSpeedupOpt = None,
+    round_to: RoundToOpt = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    image_size: ImageSizeOpt = None,
     recipe: RecipeOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
-    """List every weight `compress` would factorize (same as `compress --dry-run`)."""
+    """List every weight `compress` would factorize, or with --structure channel every channel
+    group it could remove and the largest speed-up (same as `compress --dry-run`)."""
     with _errors(as_json):
         resolved = _resolve_recipe(
             recipe, overrides, arch_kwarg, trust_model, include, exclude, depth_override,
-            arch=arch, depth=depth,
+            arch=arch, depth=depth, structure=structure, target_speedup=target_speedup,
+            round_to=round_to, data=data, data_root=data_root, image_size=image_size,
         )  # fmt: skip
         _plan(model, resolved, as_json)
 

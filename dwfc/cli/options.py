@@ -24,6 +24,8 @@ RECIPE_FLAGS = {
     "device": "train.device", "quantize": "export.quantize",
     "epochs": "train.epochs", "seed": "train.seed", "lr": "train.lr",
     "max_accuracy_drop": "gates.max_accuracy_drop", "min_sparsity": "gates.min_sparsity",
+    "structure": "structure.kind", "target_speedup": "structure.target_speedup",
+    "round_to": "structure.round_to", "min_speedup": "gates.min_speedup",
 }  # fmt: skip
 # The flag -> what library messages call it: recipe keys, and `dwfc.compress` arguments.
 FLAG_KEYS = {
@@ -56,3 +58,13 @@ DepthOpt = Annotated[int | None, opt("D, the number of factors (>= 2).")]
 IncludeOpt = Annotated[list[str] | None, opt("Only weights matching (glob, re:, type:).")]
 ExcludeOpt = Annotated[list[str] | None, opt("Never weights matching (glob, re:, type:).")]
 DepthOverrideOpt = Annotated[list[str] | None, opt("PATTERN=D: another depth there.")]
+StructureOpt = Annotated[
+    str | None, opt("unstructured (single weights) or channel (channels, physically removed).")
+]
+TargetSpeedupOpt = Annotated[
+    float | None, opt("--structure channel: dense MACs / compressed MACs to reach.")
+]
+RoundToOpt = Annotated[int | None, opt("--structure channel: keep multiples of this many.")]
+DataOpt = Annotated[str | None, opt("mnist5k, a data set name, or package.module:factory.")]
+DataRootOpt = Annotated[str | None, opt("Local folder of the data set.")]
+ImageSizeOpt = Annotated[int | None, opt("Resize (and centre-crop) images to this size.")]

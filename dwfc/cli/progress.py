@@ -15,10 +15,13 @@ from rich.progress import (
 )
 
 
-def _stats(info: dict[str, Any]) -> str:
+def _stats(info: dict[str, Any], channels: bool = False) -> str:
     text = f"loss {info['loss']:.3f} acc {info['train_acc']:.1%}"
-    if info.get("sparsity_ctl") is not None:
-        text += f" sparsity {info['sparsity_ctl']:.1%}"
+    share = info.get("sparsity_ctl")
+    if share is not None and channels:  # the share of MACs in negligible channels
+        text += f" speed-up {1.0 / max(1e-9, 1.0 - share):.2f}x"
+    elif share is not None:
+        text += f" sparsity {share:.1%}"
     if info.get("lambda") is not None:  # a penalty acts (DWF, l1 before the cut)
         text += f" λ {info['lambda']:.1e}"
     return text
@@ -50,6 +53,7 @@ class RichProgress:
         self._offset = 0
         self._last: dict[str, Any] = {}
         self._eval = ""
+        self._channels = False  # structure.kind=channel: progress in MAC speed-up
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
@@ -65,8 +69,11 @@ class RichProgress:
         if not self.enabled:
             return
         if event == "stage":
-            kind = next((k for k in ("factorized", "pruned") if k in info), None)
-            extra = f": {info[kind]} weights {kind}" if kind else ""
+            self._channels = self._channels or "groups" in info
+            unit = "channel groups" if "groups" in info else "weights"
+            made = {"factors": "factorized", "gates": "gated"}.get(info.get("method", ""), "pruned")
+            count = info.get("groups", info.get("weights"))
+            extra = f": {count} {unit} {made}" if count is not None else ""
             self._print(f"{info['stage']}{extra}")
         elif event == "phase":
             self._offset = info.get("first_step", 0)
@@ -80,14 +87,14 @@ class RichProgress:
             if self._task is not None:
                 self._progress.update(
                     self._task, completed=info["step"] - self._offset,
-                    stats=_stats(info) + self._eval,
+                    stats=_stats(info, self._channels) + self._eval,
                 )  # fmt: skip
         elif event == "eval":
             self._eval = f" eval {info['eval_acc']:.1%}"
             if self._task is not None and "step" in info:
                 self._progress.update(self._task, completed=info["step"] - self._offset)
             if not self.live:
-                stats = _stats(self._last) if self._last else ""
+                stats = _stats(self._last, self._channels) if self._last else ""
                 self._print(f"{info['phase']} epoch {info['epoch']}: {stats}{self._eval}")
         elif event == "cut":
             self._print(

@@ -13,7 +13,7 @@ from dwfc.cli.options import FLAG_KEYS, PREFIX_FLAGS
 from dwfc.errors import KEY_MARK, DwfcError
 from dwfc.outputs import LAYER_PLOT, MODEL_FILES, RECIPE, REPORT_JSON, REPORT_MD, TRAINING_PLOT
 from dwfc.report.format import threads
-from dwfc.report.schema import AccuracyInfo, LatencyInfo, RunReport, SparsityInfo
+from dwfc.report.schema import AccuracyInfo, LatencyInfo, RunReport, SparsityInfo, StructureInfo
 from dwfc.select import PlannedWeight, plan_summary
 
 _NAMED = re.compile(f"{KEY_MARK}([^{KEY_MARK}]*){KEY_MARK}")
@@ -42,8 +42,11 @@ def _flag(key: str) -> str:
 def compress_summary(report: RunReport, out_dir: str) -> list[str]:
     """The lines `dwfc compress` prints after a run: sparsity, accuracy, where the outputs are."""
     sp, acc = report.sparsity or SparsityInfo(), report.accuracy or AccuracyInfo()
-    line = f"sparsity {sp.achieved:.2%} (target {sp.target:.2%})"
-    line += f", CR {sp.compression_ratio:.1f}x"
+    if report.structure is not None:
+        line = structure_line(report.structure)
+    else:
+        line = f"sparsity {sp.achieved:.2%} (target {sp.target:.2%})"
+        line += f", CR {sp.compression_ratio:.1f}x"
     if sp.reached_by_training_controlled is not None:
         line += (
             f"; training alone brought {sp.reached_by_training_controlled:.2%} of the weights "
@@ -65,6 +68,18 @@ def compress_summary(report: RunReport, out_dir: str) -> list[str]:
     others = [REPORT_MD, REPORT_JSON, LAYER_PLOT, TRAINING_PLOT, RECIPE]
     lines.append(f"outputs in {out_dir}/: {', '.join([*written, *others])}")
     return lines
+
+
+def structure_line(st: StructureInfo) -> str:
+    """'MAC speed-up 3.15x (target 3x): 435,850 -> 138,123 MACs, 61,706 -> 8,495 parameters'."""
+    line = (f"MAC speed-up {st.speedup:.2f}x (target {st.target_speedup:g}x): "
+            f"{st.dense_macs:,} -> {st.macs:,} MACs, {st.dense_parameters:,} -> "
+            f"{st.parameters:,} parameters, {st.channels_removed} of {st.channels} "
+            "channels removed")  # fmt: skip
+    if st.reached_by_training_controlled is not None:
+        line += (f"; training alone made channels worth {st.reached_by_training_controlled:.2f}x "
+                 "negligible")  # fmt: skip
+    return line
 
 
 def latency_line(report: RunReport) -> str:
@@ -116,6 +131,25 @@ def format_plan(planned: list[PlannedWeight], model: nn.Module) -> str:
     ])  # fmt: skip
 
 
+def format_channel_plan(s: Mapping[str, Any]) -> str:
+    """A plain-text table of a channel plan (`ChannelPlan.summary()`): each group, whether it is
+    removable, then the MACs and the largest speed-up."""
+    rows = [("group", "channels", "keeps", "layers", "removable")]
+    for g in s["groups"]:
+        layers = ", ".join(g["layers"][:3]) + (
+            f" +{len(g['layers']) - 3}" if len(g["layers"]) > 3 else ""
+        )
+        rows.append((g["name"], str(g["channels"]), str(g["keeps_at_least"]), layers,
+                     "yes" if g["removable"] else f"no: {g['reason']}"))  # fmt: skip
+    return "\n".join([
+        *_aligned(rows, right={1, 2}, rules=(1,)), "",
+        f"{s['removable_groups']} removable groups, {s['removable_channels']:,} removable "
+        f"channels (structure.round_to={s['round_to']}); {s['dense_macs']:,} MACs, "
+        f"{s['dense_parameters']:,} parameters; at most {s['max_speedup']:.2f}x fewer MACs "
+        f"(target {s['target_speedup']:g}x)",
+    ])  # fmt: skip
+
+
 def format_inspection(info: Mapping[str, Any]) -> str:
     """A plain-text table of `inspect_file`'s result, one row per tensor, then the totals.
 
@@ -132,7 +166,15 @@ def format_inspection(info: Mapping[str, Any]) -> str:
     rows.append(("total", "", "", f"{t['tensors']} tensors", f"{t['weights']:,}",
                  f"{t['nonzero']:,}", f"{t['sparsity']:.2%}"))  # fmt: skip
     title = f"{info['path']} ({info['format']}, {t['file_bytes']:,} bytes)"
-    return "\n".join([title, *_aligned(rows, right={4, 5, 6}, rules=(1, len(rows) - 1))])
+    lines = [title, *_aligned(rows, right={4, 5, 6}, rules=(1, len(rows) - 1))]
+    pruned = info.get("pruned")
+    if pruned:
+        lines.append(
+            f"channels removed: {pruned['channels_removed']:,} in {pruned['removals']} groups "
+            f"({', '.join(pruned['layers'][:4])}{', ...' if pruned['removals'] > 4 else ''}); "
+            "dwfc.load_pruned(path) rebuilds the smaller model from its --arch"
+        )
+    return "\n".join(lines)
 
 
 def format_verification(result: dict[str, Any]) -> str:

@@ -29,12 +29,14 @@ class TrainOutcome:
 
     history: list[HistoryRow] = field(default_factory=list)
     accuracy: dict[str, float] = field(default_factory=dict)
-    sparsity_eps: float = 0.0  # share of |w| < eps when training handed over to the final cut
+    # When training handed over to the final cut (channel methods: shares of MACs, not weights):
+    sparsity_eps: float = 0.0  # share of |w| < eps
     sparsity_relative: float = 0.0  # share of |w| < relative_threshold x initial layer RMS
     sparsity_controlled: float | None = None  # DWF: share under control_threshold x RMS
     largest_cut: float | None = None  # DWF: largest |w| the exact cut removed, in layer RMS
     lam: float | None = None  # methods with a penalty: its final weight, and the largest seen
     lam_max: float | None = None
+    removed: dict[str, list[int]] | None = None  # channel methods: each group's removed channels
     timing: dict[str, float] = field(default_factory=dict)
     retries: int = 0  # divergence restarts
     lr_factor: float = 1.0  # learning-rate multiplier after those restarts

@@ -31,7 +31,7 @@ from dwfc.engine.outcome import HistoryRow, TrainOutcome
 from dwfc.engine.schedule import FINETUNE, SPARSIFY, Schedule
 from dwfc.errors import Interrupted, OutputError, TrainingDiverged, named
 from dwfc.methods import Method, method_class
-from dwfc.sparsity import fraction_below
+from dwfc.structure.plan import ChannelPlan
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -69,9 +69,11 @@ class Trainer:
 
     # -- what methods call ---------------------------------------------------------------
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
+        opt = torch.optim.SGD(
             self.method.param_groups(), lr=self.schedule.lr, momentum=self.recipe.train.momentum
         )
+        self.method.attach(opt)
+        return opt
 
     def reset_optimizer(self) -> None:
         """A fresh optimizer (no momentum) over the method's parameter groups."""
@@ -105,14 +107,12 @@ class Trainer:
         self.method.after_step(self, step)
 
     def _row(self, step: int, loss: float, acc: float) -> HistoryRow:
-        sc, weights = self.recipe.sparsity, self.method.weights()
+        eps, relative, controlled = self.method.measure()
         return {
             "phase": self.method.phase(step) if self.phase == SPARSIFY else FINETUNE,
             "epoch": step / self.schedule.steps_per_epoch, "step": step, "loss": loss,
             "train_acc": acc, "eval_acc": None,
-            "sparsity_eps": fraction_below(weights, sc.eps),
-            "sparsity_rel": fraction_below(weights, self.method.relative),
-            "sparsity_ctl": fraction_below(weights, self.method.controlled),
+            "sparsity_eps": eps, "sparsity_rel": relative, "sparsity_ctl": controlled,
             "lambda": self.method.lam, "lr": self.lr_at(step - 1),
         }  # fmt: skip
 
@@ -260,7 +260,7 @@ class Trainer:
 
 def train(
     model: nn.Module,
-    names: list[str],
+    names: list[str] | ChannelPlan,
     train_loader: DataLoader,
     eval_loader: DataLoader,
     recipe: Recipe,
@@ -274,12 +274,13 @@ def train(
     loader_generator: torch.Generator | None = None,
     stop: StopRequest | None = None,
 ) -> TrainOutcome:
-    """Sparsify the weights `names` of `model` to `recipe.sparsity.target` with the recipe's
+    """Sparsify the weights `names` of `model` to `recipe.sparsity.target` (structure.kind=channel:
+    the channels of the plan `names` to `recipe.structure.target_speedup`) with the recipe's
     method (`sparsity.method`): train, cut exactly, fine-tune masked.
 
-    A method that trains factors (`dwf`) needs the weights factorized first. `forward_model` is
-    what the training forward runs (a DDP wrapper of `model`); `checkpoint` is written after
-    every epoch and on a stop request; `resume` is a loaded checkpoint.
+    A method that trains factors or gates needs its `prepare` (factorize, gate) first.
+    `forward_model` is what the training forward runs (a DDP wrapper of `model`); `checkpoint` is
+    written after every epoch and on a stop request; `resume` is a loaded checkpoint.
 
     Example:
         dwfc.factorize_(model, depth=3)
@@ -287,7 +288,8 @@ def train(
         outcome = train(model, names, train_loader, eval_loader, load_recipe(), torch.device("cpu"))
     """
     schedule = Schedule.of(recipe, len(train_loader))
-    method = method_class(recipe.sparsity.method)(model, names, recipe, schedule)
+    method = method_class(recipe.sparsity.method, recipe.structure.kind)(model, names, recipe,
+                                                                          schedule)  # fmt: skip
     trainer = Trainer(
         method, train_loader, eval_loader, device, callback or (lambda e, i: None), precision,
         forward_model or model, checkpoint, loader_generator, stop,

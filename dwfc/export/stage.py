@@ -49,7 +49,15 @@ from dwfc.export.sparse_file import (
 )
 from dwfc.outputs import INT8_ONNX, ONNX, SAFETENSORS, SPARSE_ONNX
 from dwfc.report.format import jsonable
-from dwfc.report.schema import Int8Info, LatencyInfo, LatencyRowInfo, OnnxInfo, SparsityInfo
+from dwfc.report.schema import (
+    Int8Info,
+    LatencyInfo,
+    LatencyRowInfo,
+    OnnxInfo,
+    SparsityInfo,
+    StructureInfo,
+)
+from dwfc.structure.prune import PRUNED_KEY, PrunedSpec
 
 
 @dataclass
@@ -73,9 +81,11 @@ class ExportJob:
     eval_loader: DataLoader
     train_loader: DataLoader  # static int8 calibrates on it
     recipe: Recipe
-    sparsity: SparsityInfo
+    sparsity: SparsityInfo | None  # unstructured runs
     classes: int | None
     original: Original  # the model before compression, for the latency comparison
+    structure: StructureInfo | None = None  # structure.kind=channel runs
+    pruned: PrunedSpec | None = None  # channel runs: how to rebuild the smaller architecture
     result: ExportResult = field(default_factory=ExportResult)
 
 
@@ -86,9 +96,12 @@ def write_safetensors(job: ExportJob) -> None:
     metadata = {
         VERSION_KEY: __version__,
         RECIPE_KEY: json.dumps(job.recipe.model_dump(mode="json")),
-        SPARSITY_KEY: json.dumps(jsonable(job.sparsity.model_dump(mode="json"))),
         HASHES_KEY: json.dumps(hashes),
     }
+    if job.sparsity is not None:
+        metadata[SPARSITY_KEY] = json.dumps(jsonable(job.sparsity.model_dump(mode="json")))
+    if job.pruned is not None:
+        metadata[PRUNED_KEY] = job.pruned.to_json()
     path = job.folder / SAFETENSORS
     save_sparse(state, path, [n for n in job.sparse_keys if n in state], metadata)
     if tensor_digests(load_sparse(path)) != hashes:
@@ -99,9 +112,12 @@ def write_safetensors(job: ExportJob) -> None:
 def onnx_metadata(job: ExportJob) -> dict[str, str]:
     """The `metadata_props` of every ONNX file: enough for a deployment to feed the model."""
     norm = normalization(job.recipe.data)
+    measured = ({"dwfc.sparsity": f"{job.sparsity.achieved:.6f}"} if job.sparsity is not None
+                else {"dwfc.structure": job.recipe.structure.kind})  # fmt: skip
+    if job.structure is not None:
+        measured["dwfc.speedup"] = f"{job.structure.speedup:.4f}"
     return {
-        "dwfc.version": __version__, "dwfc.method": job.recipe.sparsity.method,
-        "dwfc.sparsity": f"{job.sparsity.achieved:.6f}",
+        "dwfc.version": __version__, "dwfc.method": job.recipe.sparsity.method, **measured,
         "dwfc.input_shape": json.dumps(list(job.example.shape[1:])),
         "dwfc.input_dtype": str(job.example.dtype).removeprefix("torch."),
         "dwfc.mean": json.dumps(norm[0] if norm else None),
@@ -148,8 +164,8 @@ def write_sparse_onnx(job: ExportJob) -> None:
     """model.sparse.onnx with sparse initializers, when export.sparse_onnx and it is smaller;
     what the full checker says of it is recorded, not assumed."""
     onnx = job.result.onnx
-    if onnx is None or not job.recipe.export.sparse_onnx:
-        return
+    if onnx is None or not job.recipe.export.sparse_onnx or job.sparsity is None:
+        return  # channel runs: the model is smaller, not sparse
     path = job.folder / SPARSE_ONNX
     if export_sparse_onnx(job.folder / ONNX, path):
         problem = full_check(path)
@@ -234,13 +250,15 @@ def measure(job: ExportJob) -> LatencyInfo | None:
 
 def export_outputs(
     model: nn.Module, folder: Path, sparse_keys: list[str], example: torch.Tensor,
-    eval_loader: DataLoader, train_loader: DataLoader, recipe: Recipe, sparsity: SparsityInfo,
-    classes: int | None, original: Original,
+    eval_loader: DataLoader, train_loader: DataLoader, recipe: Recipe,
+    sparsity: SparsityInfo | None, classes: int | None, original: Original,
+    structure: StructureInfo | None = None, pruned: PrunedSpec | None = None,
 ) -> ExportResult:  # fmt: skip
     """Run every exporter into `folder`, then measure latency; the first failed check raises
-    ExportCheckError."""
+    ExportCheckError. Channel runs pass their `structure` and `pruned` spec instead of a
+    `sparsity`."""
     job = ExportJob(model, folder, sparse_keys, example, eval_loader, train_loader, recipe,
-                    sparsity, classes, original)  # fmt: skip
+                    sparsity, classes, original, structure, pruned)  # fmt: skip
     for exporter in EXPORTERS:
         exporter(job)
     job.result.latency = measure(job)

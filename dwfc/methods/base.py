@@ -17,7 +17,7 @@ A new method is one module with one such class, and one line in dwfc/methods/__i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -40,7 +40,8 @@ class Method(ABC):
 
     name: ClassVar[str]  # the value of sparsity.method
     title: ClassVar[str]  # how reports name it
-    trains: ClassVar[Literal["factors", "weights"]]  # "factors": the pipeline factorizes first
+    trains: ClassVar[Literal["factors", "gates", "weights"]]  # what `prepare` made, or the weights
+    structure: ClassVar[str] = "unstructured"  # the structure.kind it removes
 
     def __init__(self, model: nn.Module, names: list[str], recipe: Recipe, schedule: Schedule):
         self.model, self.names, self.recipe, self.schedule = model, names, recipe, schedule
@@ -53,6 +54,13 @@ class Method(ABC):
         self.controlled = {n: sc.control_threshold * r for n, r in self.rms.items()}
 
     # -- what it trains ------------------------------------------------------------------
+    @classmethod  # noqa: B027 - an optional hook
+    def prepare(cls, model: nn.Module, selection: Any, recipe: Recipe) -> None:
+        """Reparametrize `model` for this method, in place, before training (and before a
+        checkpoint is loaded into it): DWF factorizes, D-Gating gates; `dwfc.collapse_` undoes it.
+        An optional hook: the default does nothing (the method trains the plain weights).
+        """
+
     @abstractmethod
     def weights(self) -> dict[str, Tensor]:
         """The current values of the weights being sparsified (no autograd)."""
@@ -61,9 +69,24 @@ class Method(ABC):
     def param_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups: every trainable parameter of the model."""
 
+    def attach(self, opt: Optimizer) -> None:  # noqa: B027 - an optional hook
+        """Called with each optimizer the engine makes (e.g. to register step hooks)."""
+
     @abstractmethod
     def set_masks(self, masks: dict[str, Tensor] | None, opt: Optimizer | None) -> None:
         """Put `masks` (1 keeps, 0 prunes; the same on every rank) into force; None: none."""
+
+    def measure(self) -> tuple[float, float, float]:
+        """The sparsity now: the shares under eps, under the relative threshold and under the
+        controlled threshold (what the controller steers)."""
+        weights, eps = self.weights(), self.recipe.sparsity.eps
+        return (fraction_below(weights, eps), fraction_below(weights, self.relative),
+                fraction_below(weights, self.controlled))  # fmt: skip
+
+    @property
+    def target(self) -> float:
+        """The share the controller steers to."""
+        return cast(float, self.recipe.sparsity.target)  # set for every unstructured recipe
 
     # -- hooks ---------------------------------------------------------------------------
     def start(self, trainer: Trainer) -> None:  # noqa: B027 - an optional hook
@@ -102,7 +125,7 @@ class Method(ABC):
         # A short run has few controller updates: let lambda still span e^ramp_log_range.
         updates_in_ramp = max(1, self.schedule.ramp // self.recipe.train.log_every)
         return SparsityController(
-            target=sc.target, lam=lam, start=fraction_below(self.weights(), self.controlled),
+            target=self.target, lam=lam, start=self.measure()[2],
             lam_min=sc.lambda_min, lam_max=sc.lambda_max, gain=sc.gain,
             max_step=max(sc.max_step, sc.ramp_log_range / updates_in_ramp),
             lookahead=sc.lookahead, down_gain=sc.down_gain,

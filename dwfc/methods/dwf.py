@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from dwfc.config import Recipe
 from dwfc.engine.schedule import Schedule
 from dwfc.errors import InputError
-from dwfc.factorize import factorized_weights, set_masks
+from dwfc.factorize import apply_plan_, factorized_weights, set_masks
 from dwfc.methods.base import Method
 from dwfc.sparsity import fraction_below, global_magnitude_masks, largest_cut
 
@@ -66,6 +66,10 @@ class Dwf(Method):
     name = "dwf"
     title = "Deep Weight Factorization"
     trains = "factors"
+
+    @classmethod
+    def prepare(cls, model: nn.Module, selection: Any, recipe: Recipe) -> None:
+        apply_plan_(model, selection, init=recipe.factorize.init)  # the planned weights
 
     def __init__(self, model: nn.Module, names: list[str], recipe: Recipe, schedule: Schedule):
         if not names:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from dwfc._version import __version__
 from dwfc.config import Recipe
@@ -14,9 +14,11 @@ from dwfc.engine.outcome import TrainOutcome
 from dwfc.errors import QualityGateFailed
 from dwfc.methods import method_class
 from dwfc.models.files import file_digest
+from dwfc.outputs import SAFETENSORS
 from dwfc.report.schema import (
     SCHEMA_VERSION,
     AccuracyInfo,
+    ChannelLayerRow,
     DataInfo,
     GateResult,
     HistoryRowInfo,
@@ -28,8 +30,11 @@ from dwfc.report.schema import (
     OnnxInfo,
     RunReport,
     SparsityInfo,
+    StructureInfo,
 )
 from dwfc.sparsity import layer_stats
+from dwfc.structure import PRUNED_KEY, ChannelPlan, count_macs
+from dwfc.structure.groups import ROOTS
 
 
 def _near_chance(classes: int) -> float:
@@ -69,9 +74,53 @@ def sparsity_summary(
     )  # fmt: skip
 
 
+def _speedup(share: float | None) -> float | None:
+    """The MAC speed-up of removing a share of the MACs."""
+    return None if share is None or share >= 1.0 else 1.0 / (1.0 - share)
+
+
+def channel_summary(plan: ChannelPlan, model: nn.Module, example: Tensor, recipe: Recipe,
+                    outcome: TrainOutcome) -> StructureInfo:  # fmt: skip
+    """Channels, parameters and MACs of the smaller `model` against the dense one of `plan`."""
+    macs, params = count_macs(model, example.to(next(model.parameters()).device))
+    dense = dict(plan.skeleton.model.named_modules())
+    rows = []
+    for name, module in model.named_modules():
+        if isinstance(module, ROOTS) and name in dense:
+            before = dense[name]
+            rows.append(ChannelLayerRow(
+                name=name, type=type(module).__name__, in_channels=_channels(before, 0),
+                out_channels=_channels(before, 1), kept_in=_channels(module, 0),
+                kept_out=_channels(module, 1), parameters=_own_parameters(before),
+                kept_parameters=_own_parameters(module)))  # fmt: skip
+    removable = plan.removable
+    return StructureInfo(
+        kind=recipe.structure.kind, target_speedup=recipe.structure.target_speedup,
+        speedup=plan.dense_macs / macs, dense_macs=plan.dense_macs, macs=macs,
+        dense_parameters=plan.dense_params, parameters=params, round_to=plan.round_to,
+        max_speedup=plan.max_speedup, groups=len(plan.groups), removable_groups=len(removable),
+        channels=sum(g.size for g in removable),
+        channels_removed=sum(len(c) for c in (outcome.removed or {}).values()),
+        reached_by_training_eps=_speedup(outcome.sparsity_eps),
+        reached_by_training_relative=_speedup(outcome.sparsity_relative),
+        reached_by_training_controlled=_speedup(outcome.sparsity_controlled),
+        spec=f"{SAFETENSORS} metadata {PRUNED_KEY}", layers=rows,
+    )  # fmt: skip
+
+
+def _channels(module: nn.Module, out: int) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features if out else module.in_features
+    return module.out_channels if out else module.in_channels
+
+
+def _own_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
 def method_info(recipe: Recipe, outcome: TrainOutcome) -> MethodInfo:
     """The method and its final settings; entries a method has not are None."""
-    method = method_class(recipe.sparsity.method)
+    method = method_class(recipe.sparsity.method, recipe.structure.kind)
     return MethodInfo.model_validate({
         "name": method.name, "lr": recipe.train.lr, "optimizer": "sgd",
         "schedule": recipe.train.schedule, "divergence_restarts": outcome.retries,
@@ -82,8 +131,9 @@ def method_info(recipe: Recipe, outcome: TrainOutcome) -> MethodInfo:
 def warnings_for(report: RunReport) -> list[str]:
     """Plain-language warnings for things the numbers show but a reader could miss."""
     name = report.method.name if report.method else None
+    structure = (report.method.structure if report.method else None) or "unstructured"
     accuracy = (report.accuracy or AccuracyInfo()).model_dump(exclude_none=True)
-    notes = method_class(name).warnings(accuracy) if name else []
+    notes = method_class(name, structure).warnings(accuracy) if name else []
     empty = [str(layer.name) for layer in report.layers if layer.nonzero == 0]
     if empty:
         notes.append(f"layer collapse: every weight of {', '.join(empty)} was pruned")
@@ -116,6 +166,11 @@ def gate_results(recipe: Recipe, report: RunReport) -> list[GateResult]:
     if floor is not None and achieved is not None:
         gates.append(GateResult(gate="min_sparsity", threshold=floor, value=achieved,
                                 passed=achieved >= floor))  # fmt: skip
+    least = recipe.gates.min_speedup
+    speedup = report.structure.speedup if report.structure else None
+    if least is not None and speedup is not None:
+        gates.append(GateResult(gate="min_speedup", threshold=least, value=speedup,
+                                passed=speedup >= least))  # fmt: skip
     return gates
 
 
@@ -145,7 +200,8 @@ def build_report(
     resumed: bool,
     outcome: TrainOutcome,
     layers: list[LayerRow],
-    sparsity: SparsityInfo,
+    sparsity: SparsityInfo | None,
+    structure: StructureInfo | None = None,
     accuracy: dict[str, float | None],
     onnx: OnnxInfo | None,
     int8: Int8Info | None,
@@ -168,7 +224,9 @@ def build_report(
                       eval_samples=samples[1], classes=classes),
         input_shape=input_shape, input_dtype=input_dtype, device=device, precision=precision,
         world_size=world_size, resumed=resumed, method=method_info(recipe, outcome),
-        sparsity=sparsity, layers=layers, accuracy=AccuracyInfo(**accuracy), onnx=onnx,
+        **({"sparsity": sparsity} if sparsity else {}),
+        **({"structure": structure} if structure else {}),
+        layers=layers, accuracy=AccuracyInfo(**accuracy), onnx=onnx,
         **({"int8": int8} if int8 else {}), **({"latency": latency} if latency else {}),
         files=files, hashes=hashes, timing=timing,
         history=[HistoryRowInfo.model_validate(row) for row in outcome.history],

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from dwfc._atomic import write_bytes_atomic, write_text_atomic
-from dwfc.methods import METHODS
+from dwfc.methods import METHODS, REGISTRIES
 from dwfc.outputs import (
     LAYER_PLOT,
     ONNX,
@@ -82,14 +82,20 @@ def _method(r: RunReport) -> tuple[str, bool]:
     return name, name == "dwf"
 
 
-def _method_title(name: str, default: str) -> str:
-    return METHODS[name].title if name in METHODS else default
+def _structure(r: RunReport) -> str:
+    return (r.method.structure if r.method else None) or "unstructured"
+
+
+def _method_title(name: str, default: str, structure: str = "unstructured") -> str:
+    methods = REGISTRIES.get(structure, METHODS)
+    return methods[name].title if name in methods else default
 
 
 def _title(r: RunReport) -> str:
     name, dwf = _method(r)
     depth = (r.method or MethodInfo()).depth
-    label = (f"DWF, D = {depth}" if depth is not None else "DWF") if dwf else f"{name} baseline"
+    kind = "structured DWF" if r.structure is not None else "DWF"
+    label = (f"{kind}, D = {depth}" if depth is not None else kind) if dwf else f"{name} baseline"
     source = (r.model or ModelInfo()).source
     return "# dwfc compression report" + (f": {text(source)}" if source else "") + f" ({label})"
 
@@ -115,15 +121,25 @@ def _summary(r: RunReport) -> str:
     compressed = acc.compressed_pytorch if acc.compressed_pytorch is not None else \
         acc.after_finetune
     name, dwf = _method(r)
-    how = (f"Deep Weight Factorization (`dwf`) at depth D = {text(m.depth)}"
-           if dwf else f"the {_method_title(name, name)} baseline (`{name}`)")
+    structure = _structure(r)
+    method = "structured DWF (D-Gating)" if r.structure is not None else "Deep Weight Factorization"
+    how = (f"{method} (`dwf`) at depth D = {text(m.depth)}" if dwf
+           else f"the {_method_title(name, name, structure)} baseline (`{name}`)")
     md = (
         f"Model {code(model.source)} (architecture {code(model.arch)}, "
         f"{count(model.parameters)} parameters) was compressed with {how} on {text(r.device)}, "
-        f"using data {code((r.data or DataInfo()).source)}. Target sparsity {pct(s.target)}, "
-        f"achieved **{pct(s.achieved)}**, compression ratio **{ratio(s.compression_ratio)}**."
+        f"using data {code((r.data or DataInfo()).source)}. "
     )
-    clause = _training_clause(s)
+    st = r.structure
+    if st is not None:
+        md += (f"Channels were removed physically: MAC speed-up **{ratio(st.speedup)}** (target "
+               f"{ratio(st.target_speedup)}), {count(st.dense_macs)} → {count(st.macs)} MACs, "
+               f"{count(st.dense_parameters)} → **{count(st.parameters)}** parameters.")
+        clause = ""
+    else:
+        md += (f"Target sparsity {pct(s.target)}, achieved **{pct(s.achieved)}**, compression "
+               f"ratio **{ratio(s.compression_ratio)}**.")
+        clause = _training_clause(s)
     if clause:
         md += f" {clause[0].upper()}{clause[1:]}."
     md += (f" Accuracy {pct(acc.original)} → **{pct(compressed)}** "
@@ -158,6 +174,8 @@ def _warnings_section(r: RunReport) -> str:
 def _gate_value(gate: str, x: Any) -> str:
     if gate.startswith("max_accuracy_drop"):
         return fmt(x, lambda v: f"{v:.2f} pp")
+    if gate == "min_speedup":
+        return ratio(x)
     return pct(x) if gate == "min_sparsity" else sci(x)
 
 
@@ -226,6 +244,36 @@ def _sparsity_section(r: RunReport) -> str:
     return "## Sparsity\n\n" + table(["Quantity", "Value"], rows) + f"\n\n{note}"
 
 
+def _structure_section(r: RunReport) -> str:
+    """Channel runs: what was removed, and the channels each layer keeps."""
+    st = r.structure
+    if st is None:
+        return ""
+    rows = [
+        ["MAC speed-up (counted on the smaller model)", ratio(st.speedup)],
+        ["Target", ratio(st.target_speedup)],
+        ["Largest possible (every removable channel removed)", ratio(st.max_speedup)],
+        ["MACs, dense → compressed", f"{count(st.dense_macs)} → {count(st.macs)}"],
+        ["Parameters, dense → compressed",
+         f"{count(st.dense_parameters)} → {count(st.parameters)}"],
+        ["Channel groups (removable)", f"{count(st.groups)} ({count(st.removable_groups)})"],
+        ["Channels removed", f"{count(st.channels_removed)} of {count(st.channels)}"],
+        ["Channels kept per layer: multiple of", count(st.round_to)],
+        ["Negligible by training (controlled), as a MAC speed-up",
+         ratio(st.reached_by_training_controlled)],
+    ]
+    layers = [[code(x.name), text(x.type), f"{count(x.in_channels)} → {count(x.kept_in)}",
+               f"{count(x.out_channels)} → {count(x.kept_out)}",
+               f"{count(x.parameters)} → {count(x.kept_parameters)}"] for x in st.layers]
+    note = (f"MACs are Torch-Pruning's count for one example. The smaller architecture is "
+            f"rebuilt from the original by the spec in {text(st.spec)}: "
+            "`dwfc.load_pruned(\"model.safetensors\")`.")
+    return ("## Structure\n\n" + table(["Quantity", "Value"], rows) + f"\n\n{note}\n\n"
+            + "### Channels per layer\n\n"
+            + table(["Layer", "Type", "Inputs", "Outputs", "Parameters"], layers or [[DASH] * 5],
+                    align="llrrr"))
+
+
 def _layers_section(r: RunReport) -> str:
     rows = [[code(lay.name), shape(lay.shape), count(lay.weights), count(lay.nonzero),
              pct(lay.sparsity), yes_no(lay.factorized)] for lay in r.layers]
@@ -248,12 +296,16 @@ def _method_section(r: RunReport) -> str:
         (m.lam, ["Final lambda", lam]),
         (m.lambda_history_max, ["Max lambda during training", sci(m.lambda_history_max)]),
     ]
-    rows = [["Method", f"`{name}` ({_method_title(name, 'unknown method')})"]]
+    rows = [["Method", f"`{name}` ({_method_title(name, 'unknown method', _structure(r))})"]]
     rows += [row for value, row in dwf_rows if dwf or value is not None]
     rows += [["Optimizer", text(m.optimizer)], ["Learning rate", sci(m.lr)],
              ["LR schedule", text(m.schedule)],
              ["Divergence restarts", count(m.divergence_restarts)]]
-    if dwf:
+    if dwf and r.structure is not None:
+        note = ("Weight decay wd on each channel's weights and its D - 1 gates acts as the group "
+                "penalty λ·‖w<sub>c</sub>‖<sub>2</sub><sup>2/D</sup> on each channel, with "
+                "λ = D·wd/2 (per group, weighted by its MACs with structure.penalty=macs).")
+    elif dwf:
         note = ("Weight decay wd on each of the D factors acts as an L<sub>2/D</sub> penalty "
                 "λ·‖w‖<sub>2/D</sub><sup>2/D</sup> on the collapsed weight, with λ = D·wd/2.")
     else:
@@ -409,8 +461,9 @@ def render_markdown(report: RunReport | Mapping[str, Any]) -> str:
     plots = (f"## Plots\n\n![Per-layer sparsity]({LAYER_PLOT})\n\n"
              f"![Training: accuracy, sparsity and lambda]({TRAINING_PLOT})")
     footer = f"<sub>Generated by dwfc {text(r.dwfc_version)} at {text(r.created)}.</sub>"
+    weights = [_structure_section(r)] if r.structure else [_sparsity_section(r), _layers_section(r)]
     parts = [_title(r), _summary(r), _warnings_section(r), _gates_section(r),
-             _accuracy_section(r), _sparsity_section(r), _layers_section(r), _method_section(r),
+             _accuracy_section(r), *weights, _method_section(r),
              _run_section(r), _notes_section(r), _files_section(r), _onnx_section(r),
              _int8_section(r), _latency_section(r), _timing_section(r), plots,
              _recipe_section(r), footer]

@@ -30,16 +30,29 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _bars(r: RunReport) -> tuple[list[str], list[float], list[str], str]:
+    """(names, values in %, colours, x label) of the per-layer bars: sparsity, or for channel
+    runs the share of each layer's output channels removed."""
+    if r.structure is not None:
+        rows = r.structure.layers
+        names = [x.name or f"layer {i}" for i, x in enumerate(rows)]
+        values = [100 * (1 - (num(x.kept_out) or 0) / x.out_channels) if x.out_channels else 0.0
+                  for x in rows]  # fmt: skip
+        return names, values, ["tab:blue"] * len(rows), "output channels removed (%)"
+    names = [lay.name or f"layer {i}" for i, lay in enumerate(r.layers)]
+    values = [100 * (num(lay.sparsity) or 0.0) for lay in r.layers]
+    colors = ["tab:blue" if lay.factorized else "tab:gray" for lay in r.layers]
+    return names, values, colors, "sparsity (%)"
+
+
 def layer_sparsity_figure(report: RunReport | Mapping[str, Any]) -> Figure:
-    """Horizontal bars: sparsity (%) per layer, target as a dashed vertical line."""
+    """Horizontal bars: sparsity (%) per layer, target as a dashed vertical line; channel runs:
+    the share of each layer's output channels removed."""
     r = as_report(report)
-    layers = r.layers
-    n = len(layers)
+    names, values, colors, xlabel = _bars(r)
+    n = len(names)
     fig = Figure(figsize=(8.0, max(2.8, 0.26 * n + 1.7)), layout="constrained")
     ax = fig.add_subplot()
-    names = [lay.name or f"layer {i}" for i, lay in enumerate(layers)]
-    values = [100 * (num(lay.sparsity) or 0.0) for lay in layers]
-    colors = ["tab:blue" if lay.factorized else "tab:gray" for lay in layers]
     ys = list(range(n))
     ax.barh(ys, values, color=colors, height=0.7)
     ax.set_yticks(ys, names, fontsize=8 if n > 25 else 9)
@@ -51,16 +64,17 @@ def layer_sparsity_figure(report: RunReport | Mapping[str, Any]) -> Figure:
     for y, v in zip(ys, values, strict=True):
         ax.text(min(v, 100) + 1, y, f"{v:.1f}", va="center", fontsize=7, color="0.2",
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.8})
-    handles: list[Any] = [Patch(color="tab:blue", label="factorized")]
+    channels = r.structure is not None
+    handles: list[Any] = [Patch(color="tab:blue", label="shrunk" if channels else "factorized")]
     if "tab:gray" in colors:
         handles.append(Patch(color="tab:gray", label="not factorized"))
-    target = num((r.sparsity or SparsityInfo()).target)
+    target = None if channels else num((r.sparsity or SparsityInfo()).target)
     if target is not None:
         handles.append(ax.axvline(100 * target, label=f"target {100 * target:.1f} %",
                                   **_TARGET_LINE))
     ax.set_xlim(0, 109)
-    ax.set_xlabel("sparsity (%)")
-    ax.set_title("Per-layer sparsity")
+    ax.set_xlabel(xlabel)
+    ax.set_title("Per-layer channels removed" if channels else "Per-layer sparsity")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
@@ -119,9 +133,24 @@ def _accuracy_panel(ax: Axes, report: RunReport, history: History,
     ax.grid(alpha=0.3)
 
 
+def _target(report: RunReport) -> float | None:
+    """The share the controller steers to: the sparsity, or for channel runs the MAC share."""
+    st = report.structure
+    if st is not None:
+        speedup = num(st.target_speedup)
+        return 1.0 - 1.0 / speedup if speedup else None
+    return num((report.sparsity or SparsityInfo()).target)
+
+
 def _sparsity_curves(report: RunReport) -> list[tuple[str, str, str, float]]:
     """(history field, legend label, colour, line width) of each sparsity curve."""
     s = report.sparsity or SparsityInfo()
+    if report.structure is not None:
+        return [("sparsity_eps", "MACs of channels under eps", "tab:orange", 1.5),
+                ("sparsity_rel", "MACs of channels under the relative threshold", "tab:purple",
+                 1.5),
+                ("sparsity_ctl", "MACs of channels under the control threshold", "tab:cyan",
+                 2.2)]  # fmt: skip
     eps, rel, ctl = sci(s.eps), sci(s.relative_threshold), s.control_threshold
     ctl_s = "0.1" if num(ctl) is None else sci(ctl)  # dwfc's default when a report lacks it
     return [("sparsity_eps", f"|w| < eps ({eps})", "tab:orange", 1.5),
@@ -136,11 +165,11 @@ def _sparsity_panel(ax: Axes, report: RunReport, history: History,
         sx, sy = _series(history, xs, key, 100.0)
         if sx:
             ax.plot(sx, sy, "-", color=color, linewidth=width, label=label)
-    target = num((report.sparsity or SparsityInfo()).target)
+    target = _target(report)
     if target is not None:
         ax.axhline(100 * target, label=f"target {100 * target:.1f} %", **_TARGET_LINE)
     ax.set_ylim(-3, 103)
-    ax.set_ylabel("sparsity (%)")
+    ax.set_ylabel("MACs removed (%)" if report.structure is not None else "sparsity (%)")
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
     lx, ly = _series(history, xs, "lam")  # fine-tune rows have lambda None: skipped

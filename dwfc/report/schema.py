@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dwfc.errors import InputError
 from dwfc.report.format import jsonable
 
-SCHEMA_VERSION = 2  # 2: int8, latency, the ONNX files' checks and metadata, data.classes
+SCHEMA_VERSION = 3  # 2: int8, latency, ONNX checks and metadata, data.classes; 3: structure
 
 
 class _Section(BaseModel):
@@ -46,6 +46,7 @@ class DataInfo(_Section):
 
 class MethodInfo(_Section):
     name: str | None = _doc("sparsity.method; reports from before the baselines are DWF")
+    structure: str | None = _doc("structure.kind; absent: unstructured")
     depth: int | None = _doc("D (DWF only)")
     init: str | None = _doc("factorize.init (DWF only)")
     weight_decay: float | None = _doc("the final decay: on each factor (DWF), on the weights")
@@ -82,6 +83,46 @@ class LayerRow(_Section):
     nonzero: int | None = None
     sparsity: float | None = None
     factorized: bool | None = _doc("whether the method sparsified it")
+
+
+class ChannelLayerRow(_Section):
+    name: str | None = None
+    type: str | None = _doc("the layer's class")
+    in_channels: int | None = _doc("before removal")
+    out_channels: int | None = None
+    kept_in: int | None = _doc("after removal")
+    kept_out: int | None = None
+    parameters: int | None = _doc("the layer's parameters before removal")
+    kept_parameters: int | None = None
+
+
+class StructureInfo(_Section):
+    """structure.kind=channel: what was removed, MACs and parameters dense against compressed."""
+
+    kind: str | None = _doc("structure.kind")
+    target_speedup: float | None = _doc("structure.target_speedup")
+    speedup: float | None = _doc("dense MACs / compressed MACs, counted on the smaller model")
+    dense_macs: int | None = _doc("MACs of one example, as Torch-Pruning counts them")
+    macs: int | None = None
+    dense_parameters: int | None = None
+    parameters: int | None = None
+    round_to: int | None = _doc("structure.round_to")
+    max_speedup: float | None = _doc("the speed-up with every removable channel removed")
+    groups: int | None = _doc("channel groups found")
+    removable_groups: int | None = None
+    channels: int | None = _doc("channels of the removable groups")
+    channels_removed: int | None = None
+    reached_by_training_eps: float | None = _doc(
+        "MAC speed-up of the channels under eps at the cut"
+    )
+    reached_by_training_relative: float | None = _doc(
+        "... under relative_threshold x group scale"
+    )
+    reached_by_training_controlled: float | None = _doc(
+        "... under control_threshold x group scale"
+    )
+    spec: str | None = _doc("where the pruned-architecture spec is: model.safetensors metadata")
+    layers: list[ChannelLayerRow] = Field(default_factory=list)
 
 
 class AccuracyInfo(_Section):
@@ -191,7 +232,8 @@ class RunReport(_Section):
     world_size: int | None = None
     resumed: bool | None = None
     method: MethodInfo | None = None
-    sparsity: SparsityInfo | None = None
+    sparsity: SparsityInfo | None = None  # unstructured runs
+    structure: StructureInfo | None = None  # structure.kind=channel runs
     layers: list[LayerRow] = Field(default_factory=list)
     accuracy: AccuracyInfo | None = None
     onnx: OnnxInfo | None = None

@@ -8,7 +8,10 @@ Checks, in order (each is passed, failed or skipped, with a one-line detail):
 - hashes: the tensors' digests (`tensor_digests`) equal report.json "hashes" and the file's
   `dwfc.hashes` metadata
 - sparsity: per-layer shapes, weights and non-zeros, and the overall sparsity, equal the report
-- model: the architecture in recipe.yaml is rebuilt and loads the weights strictly
+- model: the architecture in recipe.yaml is rebuilt (channel runs: shrunk by the pruned-model
+  spec in model.safetensors) and loads the weights strictly
+- structure: channel runs: the rebuilt model keeps the channels the report lists, and
+  Torch-Pruning counts the MACs and parameters it records
 - onnx: model.onnx passes onnx.checker's full check, the reference evaluator agrees with
   onnxruntime, and onnxruntime matches the rebuilt model on a batch
 - sparse_onnx: model.sparse.onnx (when written) passes onnx.checker, matches model.onnx, and
@@ -37,6 +40,7 @@ CHECKS: tuple[tuple[str, Callable[[Run], str]], ...] = (
     ("hashes", files.check_hashes),
     ("sparsity", files.check_sparsity),
     ("model", files.check_model),
+    ("structure", files.check_structure),
     ("onnx", onnx_checks.check_onnx),
     ("sparse_onnx", onnx_checks.check_sparse_onnx),
     ("int8", onnx_checks.check_int8),

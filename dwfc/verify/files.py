@@ -1,11 +1,14 @@
 """The checks of `dwfc verify` on the report and the weights: report.json, the files, the
-sparse safetensors file and its hashes, the sparsity, and the rebuilt model."""
+sparse safetensors file and its hashes, the sparsity, the rebuilt model and, for channel runs,
+its structure."""
 
 from __future__ import annotations
 
 import json
 import math
 from typing import Any
+
+import torch
 
 from dwfc.errors import first_line
 from dwfc.export.sparse_file import (
@@ -18,6 +21,7 @@ from dwfc.export.sparse_file import (
 )
 from dwfc.outputs import INT8_ONNX, ONNX, RECIPE, REPORT_JSON, SAFETENSORS, SPARSE_ONNX
 from dwfc.report.schema import RunReport
+from dwfc.structure import PRUNED_KEY, PrunedSpec, count_macs, rebuild_
 from dwfc.verify.state import Fail, Run, Skip, json_meta, listing
 
 
@@ -87,6 +91,8 @@ def check_hashes(run: Run) -> str:
 def check_sparsity(run: Run) -> str:
     if run.state is None:
         raise Skip(f"{SAFETENSORS} did not load")
+    if run.report.structure is not None:
+        raise Skip("a --structure channel run: the structure check counts what was removed")
     layers, summary = run.report.layers, run.report.sparsity
     if "layers" not in run.report.model_fields_set or summary is None:
         raise Fail(f'{REPORT_JSON} has no "layers" list or "sparsity" summary')
@@ -144,9 +150,58 @@ def check_model(run: Run) -> str:
     if arch is None:
         raise Skip("the run compressed a whole pickled module: no architecture to rebuild")
     model = build_model(arch, run.recipe.model.arch_kwargs)
+    shrunk = ""
+    if PRUNED_KEY in run.meta:  # a channel run: the architecture shrunk as the spec says
+        spec = PrunedSpec.from_json(run.meta[PRUNED_KEY])
+        rebuild_(model, spec)
+        shrunk = f", shrunk by its pruned-model spec ({len(spec.history)} removals)"
     try:
         model.load_state_dict(run.state, strict=True)
     except RuntimeError as exc:
         raise Fail(f"{arch} does not load {SAFETENSORS}: {first_line(exc)}") from None
     run.model = model.to("cpu").eval()
-    return f"{arch} rebuilt, weights loaded strictly"
+    return f"{arch} rebuilt{shrunk}, weights loaded strictly"
+
+
+def check_structure(run: Run) -> str:
+    """A channel run: the rebuilt model's channels, parameters and MACs are the report's."""
+    st = run.report.structure
+    if st is None:
+        raise Skip("not a --structure channel run")
+    if PRUNED_KEY not in run.meta:
+        raise Fail(f"{SAFETENSORS} holds no pruned-model spec ({PRUNED_KEY})")
+    if run.model is None:
+        raise Skip("no rebuilt model to count")
+    modules = dict(run.model.named_modules())
+    problems = []
+    for row in st.layers:
+        module = modules.get(str(row.name))
+        if module is None:
+            problems.append(f"layer {row.name} is not in the rebuilt model")
+            continue
+        kept = (_channels(module, 0), _channels(module, 1))
+        if kept != (row.kept_in, row.kept_out):
+            problems.append(f"{row.name} keeps {kept[0]} -> {kept[1]} channels, report says "
+                            f"{row.kept_in} -> {row.kept_out}")  # fmt: skip
+    shape = run.report.input_shape
+    if shape:
+        macs, params = count_macs(run.model, torch.zeros(1, *shape))
+        if (macs, params) != (st.macs, st.parameters):
+            problems.append(f"{macs:,} MACs and {params:,} parameters counted, report says "
+                            f"{st.macs:,} and {st.parameters:,}")  # fmt: skip
+    if (
+        st.dense_macs
+        and st.macs
+        and not math.isclose(st.dense_macs / st.macs, st.speedup or 0.0, rel_tol=1e-9)
+    ):
+        problems.append(f"speed-up {st.speedup} is not dense MACs / MACs")
+    if problems:
+        raise Fail(listing(problems))
+    return (f"{len(st.layers)} layers as recorded; {st.macs:,} MACs ({st.speedup:.2f}x fewer "
+            f"than {st.dense_macs:,}), {st.parameters:,} parameters")  # fmt: skip
+
+
+def _channels(module: Any, out: int) -> int | None:
+    if hasattr(module, "out_features"):
+        return module.out_features if out else module.in_features
+    return getattr(module, "out_channels" if out else "in_channels", None)

@@ -1,0 +1,158 @@
+"""Structured DWF (D-Gating, Kolb et al. 2025): gate each channel with D - 1 scalars, decay.
+
+`prepare` gates the removable groups balanced (dwfc/structure/gates.py): the gated model computes
+what the original did. Weight decay 2 lambda / D on each channel's omega and gates is exactly
+lambda * sum_c ||w_c||^(2/D). dwfc weights lambda per group by the MACs a channel costs
+(structure.penalty=macs) and leaves each group's `keeps` largest channels out (they are never
+removed: decaying them only collapses the layer), so the penalty is on the removable channels.
+lambda is steered to the target speed-up by DWF's controller on the MAC share of the channels
+under the control threshold. At the end of the ramp (as for group_gmp, the same budget): the exact
+cut by channel norm to the target; the rest of the sparsify phase and the fine-tune train the
+masked model with a fresh optimizer and no decay.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from dwfc.config import Recipe
+from dwfc.engine.schedule import Schedule
+from dwfc.errors import InputError
+from dwfc.methods.channels import ChannelMethod
+from dwfc.methods.dwf import CUT_COST_WARNING, Dwf, lr_scales
+from dwfc.structure.gates import channel_gates, gate_, gated_tensors
+from dwfc.structure.groups import GatedTensor
+from dwfc.structure.plan import ChannelPlan
+
+if TYPE_CHECKING:
+    from dwfc.engine.outcome import TrainOutcome
+    from dwfc.engine.trainer import Trainer
+
+
+class DGating(ChannelMethod):
+    name = "dwf"
+    title = "structured DWF (D-Gating)"
+    trains = "gates"
+
+    @classmethod
+    def prepare(cls, model: nn.Module, selection: Any, recipe: Recipe) -> None:
+        gate_(model, selection.removable, recipe.factorize.depth)
+
+    def __init__(self, model: nn.Module, plan: ChannelPlan, recipe: Recipe, schedule: Schedule):
+        self.gates = channel_gates(model)
+        missing = [g.name for g in plan.removable if g.name not in self.gates]
+        if missing:
+            raise InputError(f"sparsity.method=dwf with structure.kind=channel trains gates, but "
+                             f"group {missing[0]} is not gated: call DGating.prepare (gate_) on "
+                             "the model first")  # fmt: skip
+        super().__init__(model, plan, recipe, schedule)
+        self.depth = recipe.factorize.depth
+        tc = recipe.train
+        self.scales = lr_scales(self.rms, dict.fromkeys(self.rms, self.depth), tc.lr_scaling,
+                                tc.max_lr_scale)  # fmt: skip
+        self.weighting = self.penalty_weights()
+        self.ctl = self.make_controller(recipe.structure.lambda_init)
+        self.omegas: dict[str, list[tuple[nn.Parameter, GatedTensor]]] = {
+            g.name: [] for g in self.groups
+        }
+        for owner, pname, param in gated_tensors(model):
+            omega = owner.parametrizations[pname].original
+            self.omegas[param.gates.group].append((omega, param.gated))
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        if self.final:  # masked training: the weights in omega, plain (see `unbalance_`)
+            gates = {id(g.gates) for g in self.gates.values()}
+            params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in gates]
+            return [{"params": params, "lr_scale": 1.0}]
+        gated = {g.name: [self.gates[g.name].gates, *(o for o, _ in self.omegas[g.name])]
+                 for g in self.groups}  # fmt: skip
+        ids = {id(p) for params in gated.values() for p in params}
+        groups = [
+            {"params": params, "lr_scale": self.scales[name]} for name, params in gated.items()
+        ]
+        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+        if others:
+            groups.append({"params": others, "lr_scale": 1.0})
+        return groups
+
+    def set_masks(self, masks: dict[str, Any] | None, opt: Optimizer | None) -> None:
+        super().set_masks(masks, opt)
+        for name, gates in self.gates.items():
+            mask = None if self.masks is None else self.masks.get(name)
+            gates.mask = None if mask is None else mask.to(gates.gates.device)
+
+    def attach(self, opt: Optimizer) -> None:
+        opt.register_step_pre_hook(lambda *_: self.decay_grads())
+
+    def before_step(self, trainer: Trainer, step: int, lr: float) -> None:
+        for group in trainer.opt.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+            group["weight_decay"] = 0.0  # the decay is `decay_grads`', channel by channel
+
+    def after_step(self, trainer: Trainer, step: int) -> None:
+        if step == self.schedule.ramp and not self.final:  # as group_gmp: the rest trains masked
+            self._cut(trainer)
+
+    def decay_grads(self) -> None:
+        """SGD's weight decay 2 lambda_g / D, added to the gradients of the omega and gates of
+        each channel but the `keeps` largest of its group: those are never removed, and the
+        penalty is on the removable channels."""
+        lam = self.lam
+        if lam is None:
+            return
+        with torch.no_grad():
+            for g, keep in self.exempt(self.weights()).items():
+                decay = (~keep).float() * (2.0 * lam * self.weighting[g] / self.depth)
+                gates = self.gates[g].gates
+                if gates.grad is not None:
+                    gates.grad.add_(gates * decay.to(gates.device, gates.dtype))
+                for omega, gt in self.omegas[g]:
+                    if omega.grad is None:
+                        continue
+                    rows = torch.zeros(omega.shape[gt.dim], dtype=omega.dtype, device=omega.device)
+                    rows[list(gt.positions)] = decay[list(gt.channels)].to(
+                        omega.device, omega.dtype
+                    )
+                    omega.grad.add_(omega * gt.along(rows, omega))
+
+    def end_of_sparsify(self, trainer: Trainer) -> None:
+        if not self.final:
+            self._cut(trainer)
+
+    def _cut(self, trainer: Trainer) -> None:
+        self.final_cut(trainer, self.scores())
+        self.unbalance_()
+        trainer.reset_optimizer()  # masked training starts without the penalty's momentum
+
+    def unbalance_(self) -> None:
+        """Move each channel's gates into its omega (gates 1, omega = w_c), in place: masked
+        training then moves the weights as plain SGD does, and a kept channel the penalty had
+        made small can grow again (tiny factors hardly move). The parameters stay the same."""
+        with torch.no_grad():
+            for owner, pname, param in gated_tensors(self.model):
+                omega = owner.parametrizations[pname].original
+                omega.copy_(param(omega))
+            for gates in self.gates.values():
+                gates.gates.fill_(1.0)
+
+    def phase(self, step: int) -> str:
+        return "sparsify" if step <= self.schedule.ramp else "masked"
+
+    @classmethod
+    def summary(cls, recipe: Recipe, outcome: TrainOutcome) -> dict[str, Any]:
+        return {**Dwf.summary(recipe, outcome), "structure": cls.structure}
+
+    @classmethod
+    def warnings(cls, accuracy: dict[str, float]) -> list[str]:
+        cost = accuracy.get("before_cut", 0.0) - accuracy.get("after_cut", 0.0)
+        if cost <= CUT_COST_WARNING + 1e-9:
+            return []
+        return [
+            f"the exact cut cost {100 * cost:.1f} points: D-Gating had not made all the removed "
+            "channels negligible; train longer (train.epochs) or start from a larger "
+            "sparsity.lambda_init"
+        ]

@@ -1,0 +1,84 @@
+"""The exact cut to a MAC speed-up: remove the weakest channels, a rounding step at a time.
+
+Each removable group keeps a multiple of `round_to` channels (or all of them, or its minimum):
+its removal steps take its weakest remaining channels down to the next multiple. The steps of
+all groups are merged by the largest score they remove, and the shortest prefix that reaches
+the speed-up is cut: the target is met, overshot by at most one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dwfc.structure.groups import ChannelGroup
+
+Removed = dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class _Step:
+    priority: float  # the largest score among the channels it removes
+    order: int  # its place within its group
+    group: str
+    channels: tuple[int, ...]
+
+
+def _next_size(kept: int, round_to: int) -> int:
+    return kept - kept % round_to if kept % round_to else kept - round_to
+
+
+def removal_steps(groups: list[ChannelGroup], scores: dict[str, Tensor],
+                  round_to: int) -> list[_Step]:  # fmt: skip
+    """Every group's removal steps, weakest first, merged by priority."""
+    steps = []
+    for g in groups:
+        score = scores[g.name].detach().double().cpu()
+        ascending = torch.argsort(score, stable=True).tolist()
+        kept, order = g.size, 0
+        while (smaller := _next_size(kept, round_to)) >= g.keeps:
+            channels = ascending[g.size - kept : g.size - smaller]
+            steps.append(_Step(float(score[channels].max()), order, g.name, tuple(channels)))
+            kept, order = smaller, order + 1
+    return sorted(steps, key=lambda s: (s.priority, s.order))
+
+
+def removed_by(steps: list[_Step], count: int) -> Removed:
+    """The channels the first `count` steps remove, by group."""
+    removed: Removed = {}
+    for step in steps[:count]:
+        removed.setdefault(step.group, []).extend(step.channels)
+    return {name: sorted(channels) for name, channels in removed.items()}
+
+
+def cut_to_speedup(groups: list[ChannelGroup], scores: dict[str, Tensor], round_to: int,
+                   target: float, speedup: Callable[[Removed], float]) -> Removed:  # fmt: skip
+    """The fewest weakest channels whose removal reaches `speedup(removed) >= target` (all
+    removable ones if even that falls short)."""
+    steps = removal_steps(groups, scores, round_to)
+    low, high = 0, len(steps)  # speedup(removed_by(high)) is the most there is
+    while low < high:
+        middle = (low + high) // 2
+        if speedup(removed_by(steps, middle)) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return removed_by(steps, low)
+
+
+def keep_masks(groups: list[ChannelGroup], removed: Removed) -> dict[str, Tensor]:
+    """One bool per channel of each group: True where kept."""
+    masks = {}
+    for g in groups:
+        mask = torch.ones(g.size, dtype=torch.bool)
+        mask[removed.get(g.name, [])] = False
+        masks[g.name] = mask
+    return masks
+
+
+def removed_from(masks: dict[str, Tensor]) -> Removed:
+    """The removed channels of each group, from its keep mask."""
+    return {name: (~m.bool()).nonzero().flatten().tolist() for name, m in masks.items()}
