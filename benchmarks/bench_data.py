@@ -54,9 +54,10 @@ def splits(split: str) -> tuple[TensorDataset, TensorDataset]:
     return mnist5k() if split == "test" else mnist5k_validation()
 
 
-def build(model: str) -> nn.Module:
-    """A fresh model of the benchmark's name for it ('lenet300' or 'lenet5')."""
-    return import_object(MODELS[model], "--models")()
+def build(model: str, **kwargs: object) -> nn.Module:
+    """A fresh model of the benchmark's name for it ('lenet300', 'lenet5'), or of a factory
+    path ('dwfc.zoo:resnet_mini') called with `kwargs`."""
+    return import_object(MODELS.get(model, model), "--models")(**kwargs)
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:
@@ -76,15 +77,18 @@ def accuracy(model: nn.Module, data: TensorDataset) -> float:
         return float((model(x).argmax(dim=1) == y).float().mean())
 
 
-def pretrain(model: str, split: str, folder: Path, epochs: int = 20, seed: int = 0) -> Path:
-    """Train `model` densely once (seeded) on the split's training part; reuse if saved."""
-    path = folder / f"dense-{model}-{split}-e{epochs}-s{seed}.pt"
+def pretrain(model: str, split: str, folder: Path, epochs: int = 20, seed: int = 0,
+             **kwargs: int) -> Path:  # fmt: skip
+    """Train `model` (built with `kwargs`) densely once (seeded) on the split's training part;
+    reuse if saved."""
+    named = "".join(f"-{k}{v}" for k, v in sorted(kwargs.items()))
+    path = folder / f"dense-{model.rpartition(':')[2]}{named}-{split}-e{epochs}-s{seed}.pt"
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     train, _ = splits(split)
-    net = build(model)
+    net = build(model, **kwargs)
     generator = torch.Generator().manual_seed(seed)
     train_dense(net, DataLoader(train, batch_size=128, shuffle=True, generator=generator), epochs)
     with atomic_path(path) as tmp:

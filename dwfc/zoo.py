@@ -118,22 +118,23 @@ class _Block(nn.Module):
 
 
 class ResNetMini(nn.Module):
-    """A small ResNet for (N, 1, 28, 28) input: a 16-channel stem of stride 2, one basic block at
-    each of 16, 32 and 64 channels (14, 7, 4 pixels), global average pooling (77,754 parameters).
+    """A small ResNet for (N, 1, 28, 28) input: a `width`-channel stem of stride 2, one basic block
+    at each of width, 2 x width and 4 x width channels (14, 7, 4 pixels), global average pooling
+    (77,754 parameters at width 16).
 
     Example:
         >>> ResNetMini()(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
-        num_classes = _check_num_classes(num_classes)
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+        num_classes, w = _check_num_classes(num_classes), width
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w),
                                   nn.ReLU())  # fmt: skip
-        self.blocks = nn.Sequential(_Block(16, 16, 1), _Block(16, 32, 2), _Block(32, 64, 2))
+        self.blocks = nn.Sequential(_Block(w, w, 1), _Block(w, 2 * w, 2), _Block(2 * w, 4 * w, 2))
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,10 +142,12 @@ class ResNetMini(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def resnet_mini(num_classes: int = 10) -> ResNetMini:
+def resnet_mini(num_classes: int = 10, width: int = 16) -> ResNetMini:
     """Build a fresh ResNetMini.
 
     Example:
-        >>> model = resnet_mini(num_classes=10)
+        >>> model = resnet_mini(num_classes=10, width=32)
     """
-    return ResNetMini(num_classes)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise InputError(f"width must be a positive integer, got {width!r}")
+    return ResNetMini(num_classes, width)

@@ -226,3 +226,33 @@ def test_a_channel_run_killed_after_its_first_checkpoint_resumes_to_the_same_wei
     report = json.loads((killed / "report.json").read_text())
     assert report["resumed"] is True
     assert report["structure"] == json.loads((full / "report.json").read_text())["structure"]
+
+
+
+def test_the_steps_after_a_cut_mid_epoch_use_the_fresh_optimizer(
+    lenet5_path, tmp_path, monkeypatch
+):
+    """D-Gating cuts at the end of the ramp, mid-epoch here (3 epochs, ramp 1.5), moves the gates
+    into omega and starts a fresh optimizer with plain rates: the loop must step that one (the
+    old one's per-factor rates and momentum blew the plain weights up: 10% accuracy)."""
+    from dwfc.engine.trainer import Trainer
+
+    stepped, fresh = [], []
+    real_step, real_reset = torch.optim.SGD.step, Trainer.reset_optimizer
+
+    def step(self, *args, **kwargs):
+        stepped.append(id(self))
+        return real_step(self, *args, **kwargs)
+
+    def reset(self):
+        real_reset(self)
+        fresh.append((len(stepped), id(self.opt)))
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    monkeypatch.setattr(Trainer, "reset_optimizer", reset)
+    dwfc.compress(lenet5_path, tmp_path / "out", _recipe(
+        LENET5, "train.epochs=3", "structure.target_speedup=2", "structure.round_to=1",
+        "export.onnx=false"))  # fmt: skip
+    at, new = fresh[0]
+    assert 0 < at < len(stepped) and at % 32  # the cut came mid-epoch (32 steps an epoch)
+    assert set(stepped[at: at + 10]) == {new}

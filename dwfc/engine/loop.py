@@ -45,7 +45,7 @@ LogHook = Callable[[int, float, float], None]
 def run_epoch(
     model: nn.Module,
     loader: DataLoader,
-    opt: torch.optim.Optimizer,
+    optimizer: Callable[[], torch.optim.Optimizer],
     device: torch.device,
     *,
     first_step: int,
@@ -64,6 +64,7 @@ def run_epoch(
     and any augmentation randomness advance exactly as before) but not trained on; then
     `restore_rng` puts the random state back where the interrupted run left it.
     The loss is checked every step (a device sync) so divergence is caught within one step.
+    `optimizer()` is asked for the optimizer at every step: a method may replace it mid-epoch.
     """
     model.train()
     step = first_step
@@ -85,6 +86,7 @@ def run_epoch(
         value = float(loss.detach())
         if dist.any_true(not math.isfinite(value), device):  # every rank restarts together
             raise TrainingDiverged(f"loss became non-finite at step {step}")
+        opt = optimizer()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -178,7 +178,7 @@ class Trainer:
                 self.train_loader.sampler.set_epoch(self.epoch + offset)
             try:
                 step, stopped = run_epoch(
-                    self.forward_model, self.train_loader, self.opt, self.device,
+                    self.forward_model, self.train_loader, lambda: self.opt, self.device,
                     first_step=self.step, log_every=self.recipe.train.log_every,
                     before_step=self._before_step, after_step=self._after_step,
                     on_log=self._log, precision=self.precision, skip_batches=skip,

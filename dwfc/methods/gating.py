@@ -8,7 +8,9 @@ removed: decaying them only collapses the layer), so the penalty is on the remov
 lambda is steered to the target speed-up by DWF's controller on the MAC share of the channels
 under the control threshold. At the end of the ramp (as for group_gmp, the same budget): the exact
 cut by channel norm to the target; the rest of the sparsify phase and the fine-tune train the
-masked model with a fresh optimizer and no decay.
+masked gates and omegas, at the same per-group rates, with a fresh optimizer and no decay.
+(Moving the gates into omega first and training the plain weights diverged on LeNet-5 cut to
+one first-layer channel: 10% accuracy where training the factors on kept 96.6%.)
 """
 
 from __future__ import annotations
@@ -64,10 +66,6 @@ class DGating(ChannelMethod):
             self.omegas[param.gates.group].append((omega, param.gated))
 
     def param_groups(self) -> list[dict[str, Any]]:
-        if self.final:  # masked training: the weights in omega, plain (see `unbalance_`)
-            gates = {id(g.gates) for g in self.gates.values()}
-            params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in gates]
-            return [{"params": params, "lr_scale": 1.0}]
         gated = {g.name: [self.gates[g.name].gates, *(o for o, _ in self.omegas[g.name])]
                  for g in self.groups}  # fmt: skip
         ids = {id(p) for params in gated.values() for p in params}
@@ -125,19 +123,7 @@ class DGating(ChannelMethod):
 
     def _cut(self, trainer: Trainer) -> None:
         self.final_cut(trainer, self.scores())
-        self.unbalance_()
         trainer.reset_optimizer()  # masked training starts without the penalty's momentum
-
-    def unbalance_(self) -> None:
-        """Move each channel's gates into its omega (gates 1, omega = w_c), in place: masked
-        training then moves the weights as plain SGD does, and a kept channel the penalty had
-        made small can grow again (tiny factors hardly move). The parameters stay the same."""
-        with torch.no_grad():
-            for owner, pname, param in gated_tensors(self.model):
-                omega = owner.parametrizations[pname].original
-                omega.copy_(param(omega))
-            for gates in self.gates.values():
-                gates.gates.fill_(1.0)
 
     def phase(self, step: int) -> str:
         return "sparsify" if step <= self.schedule.ramp else "masked"
@@ -154,5 +140,5 @@ class DGating(ChannelMethod):
         return [
             f"the exact cut cost {100 * cost:.1f} points: D-Gating had not made all the removed "
             "channels negligible; train longer (train.epochs) or start from a larger "
-            "sparsity.lambda_init"
+            "structure.lambda_init"
         ]

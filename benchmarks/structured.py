@@ -1,0 +1,363 @@
+"""Structured DWF (D-Gating) against the channel-pruning baselines: accuracy against the measured
+onnxruntime speed-up, on mnist5k, for LeNet-5 and a small residual CNN with BatchNorm.
+
+    python benchmarks/structured.py --search   # learning rates on the validation split
+    python benchmarks/structured.py            # 3 seeds x 2x/4x/8x -> docs/results-structured.md
+
+Every run goes through `dwfc.compress` with `structure.kind=channel` from one dense checkpoint
+per model (pretrained once, seeded), with the same budget for every method. Each finished run is
+kept as JSON in `--cache` (untracked: a stopped benchmark continues where it stopped), the runs
+behind the page in docs/results-structured_runs.json, from which `--report-only` rebuilds the page.
+The learning rate of each (model, method) is chosen by `--search` at 4x on a validation split
+carved out of the training images (benchmarks/bench_data.py) and kept in
+benchmarks/recipes/structured-search.json. Runs are sequential: two torch processes on two cores
+slow each other down many times over, and the latency measured in each run needs a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and a source `dwfc` importable
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.bench_data import VALIDATION_SOURCE, pretrain, state_hash  # noqa: E402
+from benchmarks.bench_report import _machine  # noqa: E402
+from dwfc._atomic import atomic_path  # noqa: E402
+from dwfc.config import load_recipe  # noqa: E402
+from dwfc.report.schema import RunReport  # noqa: E402
+
+# model: (factory, its keyword arguments, structure.round_to, dense pretraining epochs).
+# LeNet-5's layers have 6 and 16 channels: rounded to 2 it cannot reach 8x (7.98x at most).
+# The residual CNN is ResNetMini at width 48 (691k parameters, 22.9M MACs): at width 16 (2.6M
+# MACs) onnxruntime's time is mostly per-operator overhead and hardly falls with the MACs.
+MODELS = {
+    "lenet5": ("dwfc.zoo:lenet5", {}, 1, 20),
+    "resnet_mini48": ("dwfc.zoo:resnet_mini", {"width": 48}, 8, 10),
+}
+# label: (sparsity.method, factorize.depth); slimming needs BatchNorm (resnet_mini only)
+METHODS = {
+    "dwf2": ("dwf", 2), "dwf3": ("dwf", 3), "dwf4": ("dwf", 4), "filter_l1": ("filter_l1", 2),
+    "group_gmp": ("group_gmp", 2), "group_lasso": ("group_lasso", 2), "slimming": ("slimming", 2),
+}  # fmt: skip
+LABELS = {"dwf2": "D-Gating D=2", "dwf3": "D-Gating D=3", "dwf4": "D-Gating D=4",
+          "filter_l1": "L1 filter pruning", "group_gmp": "gradual group magnitude",
+          "group_lasso": "group lasso + magnitude", "slimming": "network slimming"}  # fmt: skip
+DWF_HEADLINE = ("dwf3", "dwf4")
+SPEEDUPS = (4.0, 2.0, 8.0)  # run in this order: the headline first
+SEEDS = (0, 1, 2)
+SEARCH_LR = (0.025, 0.05, 0.1)
+SEARCH_SPEEDUP = 4.0
+BUDGET = ["train.epochs=10", "sparsity.finetune_epochs=2"]
+QUICK = ["train.epochs=1", "sparsity.finetune_epochs=1"]
+FIXED = ["structure.kind=channel", "train.checkpoint=false"]
+CACHE_VERSION = 1
+SEARCH_FILE = ROOT / "benchmarks" / "recipes" / "structured-search.json"
+PLOT_NAME = "results-structured.png"
+
+
+def applies(model: str, method: str) -> bool:
+    return method != "slimming" or model.startswith("resnet")
+
+
+def overrides(spec: dict[str, Any], lr: float | None, budget: list[str]) -> list[str]:
+    arch, kwargs, round_to, _ = MODELS[spec["model"]]
+    kind, depth = METHODS[spec["method"]]
+    found = [f"model.arch={arch}", *(f"model.arch_kwargs.{k}={v}" for k, v in kwargs.items()),
+             f"sparsity.method={kind}", f"factorize.depth={depth}",
+             f"structure.round_to={round_to}", f"structure.target_speedup={spec['speedup']}",
+             f"train.seed={spec['seed']}", *FIXED, *budget]  # fmt: skip
+    if spec["split"] == "val":
+        found += [f"data.source={VALIDATION_SOURCE}", "export.onnx=false"]
+    return found + ([f"train.lr={lr}"] if lr is not None else [])
+
+
+def run_one(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[str],
+            cache: Path) -> dict[str, Any]:  # fmt: skip
+    """One `dwfc.compress` run, or its cached result."""
+    import dwfc
+
+    recipe = load_recipe("default", overrides(spec, lr, budget))
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, state_hash(torch.load(dense)),
+                                     recipe.model_dump(mode="json")], sort_keys=True).encode())
+    path = cache / f"{spec['model']}-{spec['method']}-{key.hexdigest()[:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            report = dwfc.compress(dense, Path(tmp) / "out", recipe)
+        except dwfc.DwfcError as exc:
+            result = {**spec, "lr": recipe.train.lr, "error": str(exc)}
+        else:
+            result = {**spec, "lr": recipe.train.lr, **_summary(report)}
+    result["seconds"] = round(time.monotonic() - start, 1)
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _summary(report: RunReport) -> dict[str, Any]:
+    st, acc, lat = report.structure, report.accuracy, report.latency
+    latency = {f"b{r.batch}_t{r.threads}": lat.speedup(r) for r in lat.rows
+               if r.model == "compressed"} if lat else {}  # fmt: skip
+    return {
+        "accuracy": acc.compressed_onnxruntime or acc.compressed_pytorch,
+        "original": acc.original, "before_cut": acc.before_cut, "after_cut": acc.after_cut,
+        "mac_speedup": st.speedup, "macs": st.macs, "parameters": st.parameters,
+        "dense_parameters": st.dense_parameters, "channels_removed": st.channels_removed,
+        "latency_speedup": latency, "cpu": lat.cpu if lat else None,
+        "onnxruntime": lat.onnxruntime if lat else None,
+    }
+
+
+def specs(models: list[str], methods: list[str], speedups: list[float], seeds: list[int],
+          split: str = "test") -> list[dict[str, Any]]:  # fmt: skip
+    return [{"model": m, "method": k, "speedup": s, "seed": seed, "split": split}
+            for s in speedups for seed in seeds for m in models for k in methods
+            if applies(m, k)]  # fmt: skip
+
+
+def dense_path(model: str, split: str, cache: Path) -> Path:
+    arch, kwargs, _, epochs = MODELS[model]
+    return pretrain(arch, split, cache / "dense", epochs=epochs, **kwargs)
+
+
+def run_search(args: argparse.Namespace, budget: list[str]) -> dict[str, dict[str, float]]:
+    chosen: dict[str, dict[str, float]] = {}
+    for model in args.models:
+        dense = dense_path(model, "val", args.cache)
+        for method in (k for k in args.methods if applies(model, k)):
+            spec = {"model": model, "method": method, "speedup": SEARCH_SPEEDUP, "seed": 0,
+                    "split": "val"}  # fmt: skip
+            tried = {lr: run_one(spec, dense, lr, budget, args.cache) for lr in SEARCH_LR}
+            for lr, r in tried.items():
+                print(f"search {model} {method} lr={lr}: {_pct(r.get('accuracy'))} "
+                      f"({r.get('error', '')})", flush=True)
+            best = max(tried, key=lambda lr: tried[lr].get("accuracy") or -1.0)
+            chosen.setdefault(model, {})[method] = best
+    return chosen
+
+
+def _pct(value: float | None) -> str:
+    return "failed" if value is None else f"{100 * value:.1f}"
+
+
+# -- the page ------------------------------------------------------------------------------
+def _cells(results: list[dict[str, Any]]) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+    cells: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        cells.setdefault((r["model"], r["method"], r["speedup"]), []).append(r)
+    return cells
+
+
+def _stat(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _acc(runs: list[dict[str, Any]]) -> tuple[float, float] | None:
+    values = [100 * r["accuracy"] for r in runs if r.get("accuracy") is not None]
+    return _stat(values) if len(values) == len(runs) and values else None
+
+
+def _latency(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r["latency_speedup"].get(key) for r in runs if r.get("latency_speedup")]
+    values = [v for v in values if v]
+    return statistics.median(values) if values else None
+
+
+def table(model: str, cells: dict, methods: list[str], speedups: list[float]) -> str:
+    rows = ["| method | " + " | ".join(f"{s:g}x: accuracy | ORT b64 1t / all" for s in speedups)
+            + " |", "|---|" + "---|---|" * len(speedups)]  # fmt: skip
+    for method in (k for k in methods if applies(model, k)):
+        line = [LABELS[method]]
+        for s in speedups:
+            runs = cells.get((model, method, s), [])
+            acc = _acc(runs) if runs else None
+            line.append("failed" if runs and acc is None else
+                        f"{acc[0]:.2f} ± {acc[1]:.2f} (n={len(runs)})" if acc else "–")
+            one, every = _latency(runs, "b64_t1"), _latency(runs, "b64_t0")
+            line.append(f"{one:.2f}x / {every:.2f}x" if one and every else "–")
+        rows.append("| " + " | ".join(line) + " |")
+    return "\n".join(rows)
+
+
+def verdict(model: str, cells: dict, methods: list[str], speedups: list[float],
+            dense: float | None) -> list[str]:  # fmt: skip
+    lines = []
+    baselines = [k for k in methods if not k.startswith("dwf") and applies(model, k)]
+    for s in (s for s in speedups if s >= 4):
+        for dwf in DWF_HEADLINE:
+            mine = _acc(cells.get((model, dwf, s), []))
+            if mine is None:
+                continue
+            rivals = {b: _acc(cells.get((model, b, s), [])) for b in baselines}
+            rivals = {b: a for b, a in rivals.items() if a is not None}
+            if not rivals:
+                continue
+            best = max(rivals, key=lambda b: rivals[b][0])
+            margin = mine[0] - rivals[best][0]
+            spread = max(mine[1], rivals[best][1])
+            ok = margin > spread
+            lines.append(f"- {s:g}x, {LABELS[dwf]}: {mine[0]:.2f} against the best baseline "
+                         f"({LABELS[best]}) {rivals[best][0]:.2f}: {margin:+.2f} points, seed "
+                         f"spread {spread:.2f}: **{'met' if ok else 'not met'}**")  # fmt: skip
+    for dwf in DWF_HEADLINE:
+        two = _acc(cells.get((model, dwf, 2.0), []))
+        if two and dense is not None:
+            gap = dense - two[0]
+            lines.append(f"- 2x, {LABELS[dwf]}: {two[0]:.2f} against dense {dense:.2f} "
+                         f"({-gap:+.2f} points; goal at most 0.5 below): "
+                         f"**{'met' if gap <= 0.5 else 'not met'}**")  # fmt: skip
+    ratios = [r["latency_speedup"]["b64_t0"] / r["mac_speedup"]
+              for runs in cells.values() for r in runs if r["model"] == model
+              and r.get("latency_speedup", {}).get("b64_t0") and r.get("mac_speedup")]  # fmt: skip
+    if ratios:
+        low = min(ratios)
+        lines.append(f"- measured onnxruntime speed-up (batch 64, all threads) over the MAC "
+                     f"speed-up: median {statistics.median(ratios):.2f}, lowest {low:.2f} "
+                     f"(goal at least 0.7): **{'met' if low >= 0.7 else 'not met'}**")  # fmt: skip
+    return lines
+
+
+def plot(path: Path, models: list[str], cells: dict, methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for method in (k for k in methods if applies(model, k)):
+            points = sorted((_latency(runs, "b64_t0"), _acc(runs))
+                            for (m, k, _), runs in cells.items() if m == model and k == method
+                            and _latency(runs, "b64_t0") and _acc(runs))  # fmt: skip
+            if points:
+                xs, accs = [p[0] for p in points], [p[1] for p in points]
+                ax.errorbar(xs, [a[0] for a in accs], yerr=[a[1] for a in accs], marker="o",
+                            capsize=3, label=LABELS[method],
+                            linewidth=2.2 if method in DWF_HEADLINE else 1.2)  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("measured onnxruntime speed-up (batch 64, all threads)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]],
+               lrs: dict[str, dict[str, float]], command: str) -> None:  # fmt: skip
+    cells = _cells(results)
+    plot(out.parent / PLOT_NAME, args.models, cells, args.methods)
+    first = next((r for r in results if r.get("cpu")), {})
+    parts = [
+        "# Structured DWF: accuracy against measured speed-up",
+        "",
+        "<!-- Written by benchmarks/structured.py; rebuild with `python benchmarks/structured.py "
+        "--report-only`. -->",
+        "",
+        f"Command: `{command}`. Machine: {_machine()}; onnxruntime {first.get('onnxruntime')}, "
+        f"CPU as onnxruntime's report names it: {first.get('cpu')}.",
+        "",
+        "Every run starts from one dense checkpoint per model (pretrained on mnist5k's 4,000 "
+        "training images), compresses with `structure.kind=channel` to the MAC speed-up of the "
+        f"column (dense MACs / MACs of the physically smaller model), budget `{' '.join(BUDGET)}` "
+        "for every method, and is scored on the 1,000 test images by the exported, smaller "
+        "`model.onnx` in onnxruntime. Accuracy: mean ± standard deviation over the seeds "
+        f"({', '.join(map(str, args.seeds))}). ORT: onnxruntime latency of the original over "
+        "the compressed model, measured in the same run (interleaved rounds, median; batch 64, "
+        "one thread / all threads); the median over the seeds. Layers keep multiples of "
+        + ", ".join(f"{MODELS[m][2]} ({m})" for m in args.models)
+        + " channels. Learning rate per (model, method): chosen at "
+        f"{SEARCH_SPEEDUP:g}x on a validation split (500 of the training images) from "
+        f"{', '.join(map(str, SEARCH_LR))}: {json.dumps(lrs)}.",
+        "",
+        f"![accuracy against measured speed-up]({PLOT_NAME})",
+    ]
+    for model in args.models:
+        dense = next((100 * r["original"] for r in results
+                      if r["model"] == model and r.get("original")), None)  # fmt: skip
+        parts += ["", f"## {model}", "",
+                  f"Dense accuracy {dense:.2f}%." if dense is not None else "", "",
+                  table(model, cells, args.methods, args.speedups), "",
+                  "Goals:", "", *verdict(model, cells, args.methods, args.speedups, dense)]
+    failed = [r for r in results if r.get("error")]
+    if failed:
+        parts += ["", "## Failed runs", ""] + [
+            f"- {r['model']} {r['method']} {r['speedup']:g}x seed {r['seed']}: {r['error']}"
+            for r in failed]  # fmt: skip
+    total = sum(r.get("seconds", 0.0) for r in results)
+    parts += ["", f"{len(results)} runs, {total / 60:.0f} minutes of compute in all.", ""]
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(parts))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--speedups", nargs="+", type=float, default=list(SPEEDUPS))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--search", action="store_true", help="choose the learning rates first")
+    p.add_argument("--quick", action="store_true", help="1 + 1 epochs: checks the plumbing")
+    p.add_argument("--report-only", action="store_true", help="rebuild the page from the runs")
+    p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache" / "structured")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-structured.md")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    budget = QUICK if args.quick else BUDGET
+    runs_file = args.out.with_name(args.out.stem + "_runs.json")
+    if args.search:
+        chosen = run_search(args, budget)
+        if not args.quick:
+            with atomic_path(SEARCH_FILE) as tmp:
+                tmp.write_text(json.dumps(chosen, indent=1) + "\n")
+        print(json.dumps(chosen))
+    lrs = json.loads(SEARCH_FILE.read_text()) if SEARCH_FILE.is_file() else {}
+    command = "python benchmarks/structured.py" + (" --quick" if args.quick else "")
+    if args.report_only:
+        saved = json.loads(runs_file.read_text())
+        write_page(args.out, args, saved["runs"], saved["lrs"], saved["command"])
+        return 0
+    results = []
+    todo = specs(args.models, args.methods, args.speedups, args.seeds)
+    dense = {m: dense_path(m, "test", args.cache) for m in args.models}
+    for i, spec in enumerate(todo, 1):
+        lr = lrs.get(spec["model"], {}).get(spec["method"])
+        r = run_one(spec, dense[spec["model"]], lr, budget, args.cache)
+        results.append(r)
+        print(f"[{i}/{len(todo)}] {spec['model']} {spec['method']} {spec['speedup']:g}x "
+              f"seed {spec['seed']}: {_pct(r.get('accuracy'))}% at "
+              f"{r.get('mac_speedup') or 0:.2f}x "
+              f"MACs, ORT b64 {r.get('latency_speedup', {}).get('b64_t0') or 0:.2f}x "
+              f"({r['seconds']} s) {r.get('error', '')}", flush=True)  # fmt: skip
+    if not args.quick:
+        with atomic_path(runs_file) as tmp:
+            tmp.write_text(json.dumps({"command": command, "lrs": lrs, "runs": results}, indent=1))
+    write_page(args.out, args, results, lrs, command)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
