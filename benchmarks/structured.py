@@ -36,6 +36,7 @@ from benchmarks.bench_data import VALIDATION_SOURCE, pretrain, state_hash  # noq
 from benchmarks.bench_report import _machine  # noqa: E402
 from dwfc._atomic import atomic_path  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
+from dwfc.errors import Interrupted  # noqa: E402
 from dwfc.report.schema import RunReport  # noqa: E402
 
 # model: (factory, its keyword arguments, structure.round_to, dense pretraining epochs).
@@ -98,6 +99,8 @@ def run_one(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[st
     with tempfile.TemporaryDirectory() as tmp:
         try:
             report = dwfc.compress(dense, Path(tmp) / "out", recipe)
+        except Interrupted:
+            raise  # a stop request (Ctrl-C, SIGTERM) ends the benchmark; nothing is cached
         except dwfc.DwfcError as exc:
             result = {**spec, "lr": recipe.train.lr, "error": str(exc)}
         else:

@@ -14,6 +14,7 @@ from dwfc.export import load_sparse, save_sparse
 from dwfc.factorize import collapse_, factorize_, factorized_weights
 from dwfc.pipeline import compress
 from dwfc.report import RunReport
+from dwfc.structure import load_pruned, plan_channels
 
 __all__ = [
     "DwfcError",
@@ -26,7 +27,9 @@ __all__ = [
     "compress",
     "factorize_",
     "factorized_weights",
+    "load_pruned",
     "load_recipe",
     "load_sparse",
+    "plan_channels",
     "save_sparse",
 ]

@@ -23,7 +23,6 @@ from dwfc.engine.checkpoint import load_checkpoint
 from dwfc.inspect import inspect_file
 from dwfc.methods import CHANNEL_METHODS
 from dwfc.outputs import CHECKPOINT, ONNX, SAFETENSORS
-from dwfc.structure import load_pruned
 from dwfc.verify import verify_run
 from dwfc.zoo import lenet5, resnet_mini
 
@@ -91,7 +90,7 @@ def test_a_channel_run_reaches_the_speedup_on_the_smaller_model(lenet5_run):
 
 def test_the_smaller_onnx_model_matches_pytorch_and_load_pruned(lenet5_run, mnist_splits):
     out, report = lenet5_run
-    model = load_pruned(out / SAFETENSORS)
+    model = dwfc.load_pruned(out / SAFETENSORS)  # the public API
     _, test = mnist_splits
     x = test.tensors[0][:64]
     session = ort.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"])

@@ -94,3 +94,28 @@ def test_accuracy_matches_a_single_process_run(ddp_run, state_dict_path, tmp_pat
     single_acc = single["accuracy"]["compressed_pytorch"]
     assert abs(ddp_acc - single_acc) < 0.05
     assert ddp_acc > ddp["accuracy"]["original"] - 0.05
+
+
+def test_a_channel_run_under_ddp_removes_the_same_channels_on_every_rank(
+    state_dict_path, tmp_path
+):
+    if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCHER)
+    overrides = [*OVERRIDES, "structure.kind=channel", "structure.target_speedup=2"]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(script), str(state_dict_path), str(tmp_path / "out"), str(tmp_path), *overrides,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["world_size"] == 2 and report["structure"]["speedup"] >= 2.0
+    model = dwfc.load_pruned(tmp_path / "out" / "model.safetensors")
+    kept = {row["name"]: row["kept_out"] for row in report["structure"]["layers"]}
+    assert model.get_submodule("layers.1").out_features == kept["layers.1"] < 300

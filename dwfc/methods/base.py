@@ -101,7 +101,7 @@ class Method(ABC):
 
     def on_log(self, trainer: Trainer, step: int, row: HistoryRow) -> None:
         """Steer lambda from the measured controlled sparsity while the sparsify phase runs."""
-        if self.ctl is not None and trainer.phase == SPARSIFY:
+        if self.ctl is not None and trainer.phase == SPARSIFY and not self.final:
             self.ctl.update(step / self.schedule.ramp, row["sparsity_ctl"])
             self.ctl.lam = dist.broadcast_float(self.ctl.lam, trainer.device)
 

@@ -165,6 +165,14 @@ class PrunedChannels(ChannelMethod):
                        for g in self.groups for gt in g.members}  # fmt: skip
         self._graph: tp.DependencyGraph | None = None
 
+    def cut(self, scores: dict[str, Tensor], speedup: float, exact: bool = True
+            ) -> dict[str, Tensor]:  # fmt: skip
+        """As ChannelMethod.cut, but a channel removed once stays removed."""
+        masks = super().cut(scores, speedup, exact)
+        if self.masks is None:
+            return masks
+        return {name: mask & self.masks[name] for name, mask in masks.items()}
+
     def scores(self) -> dict[str, Tensor]:
         """Torch-Pruning's importance of each channel over the group's mean; -inf once removed."""
         if self._graph is None:

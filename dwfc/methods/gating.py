@@ -130,7 +130,8 @@ class DGating(ChannelMethod):
 
     @classmethod
     def summary(cls, recipe: Recipe, outcome: TrainOutcome) -> dict[str, Any]:
-        return {**Dwf.summary(recipe, outcome), "structure": cls.structure}
+        # gates always start balanced from the trained weights (factorize.init does not apply)
+        return {**Dwf.summary(recipe, outcome), "init": "balanced", "structure": cls.structure}
 
     @classmethod
     def warnings(cls, accuracy: dict[str, float]) -> list[str]:

@@ -3,8 +3,9 @@
 After each sparsify step, gamma <- sign(gamma) * max(|gamma| - lr * lambda, 0) on the scale of
 every BatchNorm of a removable group (lambda weighted per group by structure.penalty); lambda
 follows DWF's controller on the MAC share. Channels are ranked by |gamma| (Torch-Pruning's
-`BNScaleImportance`, over the group's mean); groups without BatchNorm are not pruned. Models
-without BatchNorm are refused.
+`BNScaleImportance`, over the group's mean); groups without BatchNorm are not pruned (their
+channels score +inf, which the cut never takes). Models without BatchNorm, and targets that the
+BatchNorm groups alone cannot reach, are refused before training.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from dwfc.config import Recipe
 from dwfc.engine.schedule import Schedule
-from dwfc.errors import InputError
+from dwfc.errors import InputError, named
 from dwfc.methods.base import Method
 from dwfc.methods.channels import PrunedChannels
 from dwfc.structure.groups import NORMS
@@ -40,6 +41,13 @@ class Slimming(PrunedChannels):
         if not any(self.scales.values()):
             raise InputError("sparsity.method=slimming prunes by BatchNorm scales, and no "
                              "removable channel group has a BatchNorm")  # fmt: skip
+        most = plan.speedup({g.name: list(range(g.size - g.keeps)) for g in plan.removable
+                             if self.scales[g.name]})  # fmt: skip
+        target = recipe.structure.target_speedup
+        if most < target:
+            raise InputError(f"sparsity.method=slimming removes only channels with a BatchNorm "
+                             f"scale: at most {most:.2f}x, less than "
+                             f"{named('structure.target_speedup')}={target:g}")  # fmt: skip
         super().__init__(model, plan, recipe, schedule)
         self.weighting = self.penalty_weights()
         self.ctl = self.make_controller(recipe.structure.lambda_init)
@@ -47,8 +55,10 @@ class Slimming(PrunedChannels):
     phase = Method.phase
 
     def weights(self) -> dict[str, Tensor]:
-        """|gamma| of each channel (over the group's BatchNorms): what the penalty shrinks."""
-        return {g.name: self.channel_norms(g, self.scales[g.name] or None) for g in self.groups}
+        """|gamma| of each channel (over the group's BatchNorms): what the penalty shrinks; ones
+        for a group without BatchNorm (never removed, so never counted as removable)."""
+        return {g.name: self.channel_norms(g, self.scales[g.name]) if self.scales[g.name]
+                else torch.ones(g.size) for g in self.groups}  # fmt: skip
 
     def after_step(self, trainer: Trainer, step: int) -> None:
         lam = self.lam

@@ -33,7 +33,8 @@ def _next_size(kept: int, round_to: int) -> int:
 
 def removal_steps(groups: list[ChannelGroup], scores: dict[str, Tensor],
                   round_to: int) -> list[_Step]:  # fmt: skip
-    """Every group's removal steps, weakest first, merged by priority."""
+    """Every group's removal steps, weakest first, merged by priority; a step that would remove
+    a channel scored +inf (never to be removed) is not one."""
     steps = []
     for g in groups:
         score = scores[g.name].detach().double().cpu()
@@ -41,7 +42,10 @@ def removal_steps(groups: list[ChannelGroup], scores: dict[str, Tensor],
         kept, order = g.size, 0
         while (smaller := _next_size(kept, round_to)) >= g.keeps:
             channels = ascending[g.size - kept : g.size - smaller]
-            steps.append(_Step(float(score[channels].max()), order, g.name, tuple(channels)))
+            priority = float(score[channels].max())
+            if priority == float("inf"):
+                break
+            steps.append(_Step(priority, order, g.name, tuple(channels)))
             kept, order = smaller, order + 1
     return sorted(steps, key=lambda s: (s.priority, s.order))
 

@@ -53,8 +53,11 @@ class GatedChannels(nn.Module):
         self.gates = gates  # shared with the group's other tensors
         self.gated = gated
         self.parameter_order = parameter_order  # the owner's, to restore when folded
-        self.register_buffer("positions", torch.tensor(gated.positions, dtype=torch.long))
-        self.register_buffer("channels", torch.tensor(gated.channels, dtype=torch.long))
+        # derived from the plan and rebuilt by gate_: not state, so checkpoints leave them out
+        self.register_buffer("positions", torch.tensor(gated.positions, dtype=torch.long),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("channels", torch.tensor(gated.channels, dtype=torch.long),
+                             persistent=False)  # fmt: skip
 
     def forward(self, omega: Tensor) -> Tensor:
         ones = torch.ones(omega.shape[self.gated.dim], dtype=omega.dtype, device=omega.device)
@@ -64,11 +67,17 @@ class GatedChannels(nn.Module):
         return omega * self.gated.along(scale, omega)
 
 
+def _value(model: nn.Module, name: str) -> Tensor:
+    """The tensor `name` as the forward uses it (through the gates of other groups, if any)."""
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner), attr)
+
+
 def _channel_norms(model: nn.Module, group: ChannelGroup) -> Tensor:
     """||w_c|| of each channel c: over every gated entry of the channel."""
     squares = torch.zeros(group.size, dtype=torch.float64)
     for gt in group.gated:
-        squares += gt.squares(model.get_parameter(gt.param).detach().double().cpu(), group.size)
+        squares += gt.squares(_value(model, gt.param).detach().double().cpu(), group.size)
     return squares.sqrt()
 
 
@@ -85,7 +94,7 @@ def gate_(model: nn.Module, groups: list[ChannelGroup], depth: int) -> dict[str,
         norms = _channel_norms(model, group)
         root = norms.pow(1.0 / depth)  # gamma_{c,d} = ||w_c||^(1/D)
         gates = ChannelGates(group.name, group.size, depth)
-        first = model.get_parameter(group.gated[0].param)
+        first = _value(model, group.gated[0].param)
         gates.to(device=first.device)
         with torch.no_grad():
             gates.gates.copy_(root.to(gates.gates.dtype).expand(depth - 1, -1))
@@ -93,9 +102,14 @@ def gate_(model: nn.Module, groups: list[ChannelGroup], depth: int) -> dict[str,
         for gt in group.gated:
             owner_name, _, attr = gt.param.rpartition(".")
             owner = model.get_submodule(owner_name)
-            if parametrize.is_parametrized(owner, attr):
+            gated_before = parametrize.is_parametrized(owner, attr)
+            if gated_before and not all(isinstance(p, GatedChannels)
+                                        for p in owner.parametrizations[attr]):  # fmt: skip
                 raise InputError(f"{gt.param} is reparametrized already: gate a plain model")
-            value = getattr(owner, attr).detach()
+            # a tensor two groups read (a concatenation): the second gates other slices of the
+            # same omega, so omega is divided by this group's product where it is this group's
+            value = (owner.parametrizations[attr].original if gated_before
+                     else getattr(owner, attr)).detach()  # fmt: skip
             scale = torch.ones(value.shape[gt.dim], dtype=torch.float64)
             scale[list(gt.positions)] = product[list(gt.channels)]
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a zero channel: omega 0
@@ -115,8 +129,9 @@ def gated_tensors(model: nn.Module) -> Iterator[tuple[nn.Module, str, GatedChann
         if not parametrize.is_parametrized(module):
             continue
         for pname, plist in module.parametrizations.items():
-            if isinstance(plist[0], GatedChannels):
-                yield module, pname, plist[0]
+            for param in plist:
+                if isinstance(param, GatedChannels):
+                    yield module, pname, param
 
 
 def channel_gates(model: nn.Module) -> dict[str, ChannelGates]:
@@ -130,7 +145,11 @@ def channel_gates(model: nn.Module) -> dict[str, ChannelGates]:
 def fold_gates_(model: nn.Module) -> None:
     """Multiply every gate back into its tensors, in place: plain parameters again, masked
     channels exactly zero, the original parameter names and order."""
+    done = set()
     for module, pname, param in list(gated_tensors(model)):
+        if (module, pname) in done:  # a tensor of two groups: folded with the first
+            continue
+        done.add((module, pname))
         order = param.parameter_order
         parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
         params = module._parameters

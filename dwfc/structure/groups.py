@@ -280,16 +280,23 @@ def find_groups(model: nn.Module, example: Tensor, graph: tp.DependencyGraph, ro
     model_names = {m: n for n, m in model.named_modules()}
     groups = [_describe(graph, model_names, g, exclude)
               for g in graph.get_all_groups(root_module_types=ROOTS)]  # fmt: skip
-    _gate_inputs(groups)
-    inexact = set(exact_removal(model, example[:1], [g for g in groups if g.removable]))
     for g in groups:
-        if g.name in inexact:
-            g.removable = False
-            g.reason = ("removing a channel changes the output (an operation whose output at 0 "
-                        "is not 0, or a layer Torch-Pruning cannot shrink exactly)")  # fmt: skip
         if g.removable:
             g.keeps = min(g.size, round_to)
             if g.size <= round_to:
                 g.removable = False
                 g.reason = f"{g.size} channels: no more than structure.round_to={round_to}"
+    carriers = {g.name: list(g.gated) for g in groups}
+    while True:  # input slices are gated by removable groups only: again if the proof drops one
+        for g in groups:
+            g.gated = list(carriers[g.name])
+        _gate_inputs(groups)
+        inexact = set(exact_removal(model, example[:1], [g for g in groups if g.removable]))
+        if not inexact:
+            break
+        for g in groups:
+            if g.name in inexact:
+                g.removable = False
+                g.reason = ("removing a channel changes the output (an operation whose output "
+                            "at 0 is not 0, or a layer Torch-Pruning cannot shrink exactly)")
     return groups

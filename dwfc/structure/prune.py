@@ -89,11 +89,13 @@ def remove_(model: nn.Module, removed: dict[str, list[int]], example: Tensor) ->
 def rebuild_(model: nn.Module, spec: PrunedSpec) -> nn.Module:
     """Shrink the original architecture `model` to the pruned one, in place (weights are not
     loaded: the shapes are)."""
-    example = torch.zeros(1, *spec.input_shape)
+    first = next(model.parameters(), None)
+    example = torch.zeros(1, *spec.input_shape, device=first.device if first is not None else None)
     graph = build_graph(model, example)
     try:
         graph.load_pruning_history(spec.history)
-    except (AttributeError, ValueError, AssertionError, IndexError) as exc:
+    except (AttributeError, ValueError, AssertionError, IndexError, KeyError,
+            RuntimeError) as exc:  # fmt: skip
         raise InputError(
             f"the pruned-model spec does not fit this architecture: {first_line(exc)}"
         ) from None
@@ -119,7 +121,11 @@ def load_pruned(path: str | os.PathLike[str], model: nn.Module | None = None) ->
         )
     spec = PrunedSpec.from_json(meta[PRUNED_KEY])
     if model is None:
-        recipe = json.loads(meta.get(RECIPE_KEY, "{}")).get("model", {})
+        try:
+            recipe = json.loads(meta.get(RECIPE_KEY, "{}")).get("model", {})
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise InputError(f"{path}: its recipe metadata is not readable JSON "
+                             f"({first_line(exc)}): pass the original model") from None
         if not recipe.get("arch"):
             raise InputError(
                 f"{path} does not name its architecture (model.arch): pass the original model "
