@@ -5,7 +5,8 @@
 The budget and dense model of benchmarks/structured.py, scored on the test split (a diagnosis,
 not a choice: nothing here picks a setting). Prints accuracy (mean ± sd) and, for seed 0, the
 channels each convolution keeps. "cut at the end" moves D-Gating's exact cut from the end of the
-ramp to the end of training, by disabling the ramp cut (a monkeypatch; not a recipe key).
+ramp to the end of training, by disabling the ramp cut; "no exemption" penalises the top
+`round_to` channels of each group too (both monkeypatches; not recipe keys).
 See docs/structured.md#measured.
 """
 
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 import dwfc  # noqa: E402
 from benchmarks.structured import BUDGET, dense_path  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
@@ -27,22 +30,31 @@ from dwfc.methods.gating import DGating  # noqa: E402
 
 BASE = ["model.arch=dwfc.zoo:lenet5", "structure.kind=channel", "structure.round_to=1",
         "structure.target_speedup=4", "train.checkpoint=false", "export.onnx=false", *BUDGET]
-VARIANTS = {
-    "D-Gating D=3, lr 0.05": (["factorize.depth=3", "train.lr=0.05"], False),
-    "D-Gating D=3, lr 0.05, cut at the end": (["factorize.depth=3", "train.lr=0.05"], True),
-    "D-Gating D=3, lr 0.1": (["factorize.depth=3", "train.lr=0.1"], False),
-    "D-Gating D=3, lr 0.1, cut at the end": (["factorize.depth=3", "train.lr=0.1"], True),
+D3 = ["factorize.depth=3"]
+VARIANTS = {  # label: (overrides, cut at the end, no exemption)
+    "D-Gating D=3, lr 0.05": ([*D3, "train.lr=0.05"], False, False),
+    "D-Gating D=3, lr 0.05, cut at the end": ([*D3, "train.lr=0.05"], True, False),
+    "D-Gating D=3, lr 0.1": ([*D3, "train.lr=0.1"], False, False),
+    "D-Gating D=3, lr 0.1, cut at the end": ([*D3, "train.lr=0.1"], True, False),
     "D-Gating D=3, lr 0.05, uniform penalty": (
-        ["factorize.depth=3", "train.lr=0.05", "structure.penalty=uniform"], False),
-    "group lasso, lr 0.1": (["sparsity.method=group_lasso", "train.lr=0.1"], False),
+        [*D3, "train.lr=0.05", "structure.penalty=uniform"], False, False),
+    "D-Gating D=3, lr 0.05, no exemption": ([*D3, "train.lr=0.05"], False, True),
+    "D-Gating D=3, lr 0.1, no exemption": ([*D3, "train.lr=0.1"], False, True),
+    "D-Gating D=4, lr 0.1, no exemption": (["factorize.depth=4", "train.lr=0.1"], False, True),
+    "group lasso, lr 0.1": (["sparsity.method=group_lasso", "train.lr=0.1"], False, False),
 }  # fmt: skip
+
+
+def _no_exemption(self: DGating, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {g.name: torch.zeros(g.size, dtype=torch.bool) for g in self.groups}
 
 
 def main() -> int:
     dense = dense_path("lenet5", "test", ROOT / "benchmarks" / "cache" / "structured")
-    ramp_cut = DGating.after_step
-    for label, (overrides, late_cut) in VARIANTS.items():
+    ramp_cut, exempt = DGating.after_step, DGating.exempt
+    for label, (overrides, late_cut, penalise_all) in VARIANTS.items():
         DGating.after_step = (lambda self, trainer, step: None) if late_cut else ramp_cut
+        DGating.exempt = _no_exemption if penalise_all else exempt
         accuracies, kept = [], ""
         for seed in (0, 1, 2):
             recipe = load_recipe("default", [*BASE, *overrides, f"train.seed={seed}"])
@@ -54,7 +66,7 @@ def main() -> int:
                                  for row in report.structure.layers)  # fmt: skip
         print(f"{label}: {statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f} "
               f"(seed 0 keeps {kept})", flush=True)  # fmt: skip
-    DGating.after_step = ramp_cut
+    DGating.after_step, DGating.exempt = ramp_cut, exempt
     return 0
 
 
