@@ -92,15 +92,6 @@ class ChannelMethod(Method):
             keep[g.name] = mask
         return keep
 
-    def exempt(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The `keeps` largest channels of each group (True): never removed, so never penalised."""
-        exempt = {}
-        for g in self.groups:
-            mask = torch.zeros(g.size, dtype=torch.bool)
-            mask[torch.topk(weights[g.name], g.keeps).indices] = True
-            exempt[g.name] = mask
-        return exempt
-
     def measure(self) -> tuple[float, float, float]:
         weights, sc = self.weights(), self.recipe.sparsity
         relative = self.relative_norms()
