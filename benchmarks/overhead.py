@@ -39,26 +39,9 @@ from torch import nn  # noqa: E402
 import dwfc  # noqa: E402
 from dwfc.outputs import SAFETENSORS  # noqa: E402
 from dwfc.report.schema import SparsityInfo  # noqa: E402
-from dwfc.zoo import lenet5  # noqa: E402
+from dwfc.zoo import BasicBlock, lenet5  # noqa: E402
 
 TINY = torch.finfo(torch.float32).tiny
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
 
 
 class ResNet20(nn.Module):
@@ -71,7 +54,7 @@ class ResNet20(nn.Module):
         blocks, cin = [], 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(3):
-                blocks.append(_Block(cin, cout, stride if i == 0 else 1))
+                blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(64, num_classes)

@@ -46,9 +46,9 @@ VARIANTS = {  # label: (overrides, cut at the end, exempt the top channels of ev
 }  # fmt: skip
 
 
-def _exempt_everywhere(self: DGating, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _exempt_everywhere(self: DGating) -> dict[str, torch.Tensor]:
     self.scale_free = {g.name for g in self.groups}
-    return EXEMPT(self, weights)
+    return EXEMPT(self)
 
 
 EXEMPT = DGating.exempt

@@ -97,7 +97,7 @@ def lenet5(num_classes: int = 10) -> LeNet5:
     return LeNet5(num_classes)
 
 
-class _Block(nn.Module):
+class BasicBlock(nn.Module):
     """A basic residual block: two 3x3 convolutions with BatchNorm, a 1x1 projection when the
     shape changes."""
 
@@ -132,7 +132,9 @@ class ResNetMini(nn.Module):
         num_classes, w = _check_num_classes(num_classes), width
         self.stem = nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w),
                                   nn.ReLU())  # fmt: skip
-        self.blocks = nn.Sequential(_Block(w, w, 1), _Block(w, 2 * w, 2), _Block(2 * w, 4 * w, 2))
+        self.blocks = nn.Sequential(
+            BasicBlock(w, w, 1), BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 4 * w, 2)
+        )
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes)
         )

@@ -39,19 +39,24 @@ LAUNCHER = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def ddp_run(state_dict_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _launch(model: Path, folder: Path, overrides: list[str]) -> None:
+    """Compress `model` into folder/out with 2 ranks; each rank dumps what it collapsed."""
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun is not installed")
-    folder = tmp_path_factory.mktemp("ddp")
     script = folder / "launch.py"
     script.write_text(LAUNCHER)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(script), str(state_dict_path), str(folder / "out"), str(folder), *OVERRIDES,
+        str(script), str(model), str(folder / "out"), str(folder), *overrides,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(state_dict_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ddp")
+    _launch(state_dict_path, folder, OVERRIDES)
     return folder
 
 
@@ -99,17 +104,8 @@ def test_accuracy_matches_a_single_process_run(ddp_run, state_dict_path, tmp_pat
 def test_a_channel_run_under_ddp_removes_the_same_channels_on_every_rank(
     state_dict_path, tmp_path
 ):
-    if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
-        pytest.skip("torchrun is not installed")
-    script = tmp_path / "launch.py"
-    script.write_text(LAUNCHER)
-    overrides = [*OVERRIDES, "structure.kind=channel", "structure.target_speedup=2"]
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(script), str(state_dict_path), str(tmp_path / "out"), str(tmp_path), *overrides,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _launch(state_dict_path, tmp_path,
+            [*OVERRIDES, "structure.kind=channel", "structure.target_speedup=2"])
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()

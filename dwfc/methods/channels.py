@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dwfc.config import Recipe
-from dwfc.engine.schedule import SPARSIFY, Schedule
+from dwfc.engine.schedule import Schedule
 from dwfc.errors import InputError
 from dwfc.methods.base import Method
+from dwfc.methods.pruning import TrainsWeights
 from dwfc.structure.cut import Removed, cut_to_speedup, keep_masks, removed_from
 from dwfc.structure.groups import ChannelGroup, GatedTensor, build_graph
 from dwfc.structure.plan import ChannelPlan
@@ -143,11 +144,10 @@ class ChannelMethod(Method):
         return {**super().summary(recipe, outcome), "structure": cls.structure}
 
 
-class PrunedChannels(ChannelMethod):
+class PrunedChannels(TrainsWeights, ChannelMethod):
     """A channel baseline: trains the plain weights; a removed channel's output slices (every
     layer's of the group, not only the gated ones) are held at zero, and stay removed."""
 
-    trains = "weights"
     importance: tp.importance.Importance  # Torch-Pruning's channel importance, for `scores`
 
     def __init__(self, model: nn.Module, plan: ChannelPlan, recipe: Recipe, schedule: Schedule):
@@ -190,14 +190,6 @@ class PrunedChannels(ChannelMethod):
             scores[g.name] = score
         return scores
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        pruned = {id(p) for p in self.params.values()}
-        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in pruned]
-        groups: list[dict[str, Any]] = [{"params": list(self.params.values()), "pruned": True}]
-        if others:
-            groups.append({"params": others, "pruned": False})
-        return groups
-
     def apply_masks(self, opt: Optimizer | None) -> None:
         if self.masks is None:
             return
@@ -215,18 +207,6 @@ class PrunedChannels(ChannelMethod):
                     if buf is not None:
                         gt.zero_(buf, removed)
 
-    def before_step(self, trainer: Trainer, step: int, lr: float) -> None:
-        decay = self.recipe.train.weight_decay if trainer.phase == SPARSIFY else 0.0
-        for group in trainer.opt.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = decay if group["pruned"] else 0.0
-
-    def after_step(self, trainer: Trainer, step: int) -> None:
-        self.apply_masks(trainer.opt)
-
-    def phase(self, step: int) -> str:
-        return "masked"
-
     def end_of_sparsify(self, trainer: Trainer) -> None:
         if not self.final:
             self.final_cut(trainer, self.scores())
@@ -235,6 +215,3 @@ class PrunedChannels(ChannelMethod):
             out.sparsity_eps, out.sparsity_relative, out.sparsity_controlled = self.measure()
             self.record_penalty(out)
 
-    @classmethod
-    def summary(cls, recipe: Recipe, outcome: TrainOutcome) -> dict[str, Any]:
-        return {**super().summary(recipe, outcome), "weight_decay": recipe.train.weight_decay}

@@ -127,11 +127,16 @@ class Dwf(Method):
 
     @classmethod
     def warnings(cls, accuracy: dict[str, float]) -> list[str]:
-        cost = accuracy.get("before_cut", 0.0) - accuracy.get("after_cut", 0.0)
-        if cost <= CUT_COST_WARNING + 1e-9:
-            return []
-        return [
-            f"the exact cut cost {100 * cost:.1f} points: DWF training had not made all the "
-            "removed weights negligible; train longer (train.epochs) or start from a larger "
-            "sparsity.lambda_init"
-        ]
+        return cut_cost_warning(accuracy, "DWF training", "weights", "sparsity.lambda_init")
+
+
+def cut_cost_warning(accuracy: dict[str, float], trainer: str, removed: str,
+                     lambda_key: str) -> list[str]:  # fmt: skip
+    """The warning when the exact cut cost more than CUT_COST_WARNING of accuracy."""
+    cost = accuracy.get("before_cut", 0.0) - accuracy.get("after_cut", 0.0)
+    if cost <= CUT_COST_WARNING + 1e-9:
+        return []
+    return [
+        f"the exact cut cost {100 * cost:.1f} points: {trainer} had not made all the removed "
+        f"{removed} negligible; train longer (train.epochs) or start from a larger {lambda_key}"
+    ]

@@ -25,7 +25,7 @@ from dwfc.config import Recipe
 from dwfc.engine.schedule import Schedule
 from dwfc.errors import InputError
 from dwfc.methods.channels import ChannelMethod
-from dwfc.methods.dwf import CUT_COST_WARNING, Dwf, lr_scales
+from dwfc.methods.dwf import Dwf, cut_cost_warning, lr_scales
 from dwfc.structure.gates import channel_gates, gate_, gated_tensors
 from dwfc.structure.groups import NORMS, GatedTensor
 from dwfc.structure.plan import ChannelPlan
@@ -98,7 +98,7 @@ class DGating(ChannelMethod):
         if step == self.schedule.ramp and not self.final:  # as group_gmp: the rest trains masked
             self._cut(trainer)
 
-    def exempt(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def exempt(self) -> dict[str, torch.Tensor]:
         """The `keeps` largest channels (True) of each group a BatchNorm normalises: never
         removed, so not penalised. Such a group's scale is free (the BatchNorm reads it), and
         a penalty on all its channels shrinks the layer as a whole (ResNetMini48 collapsed to
@@ -108,8 +108,8 @@ class DGating(ChannelMethod):
         exempt = {}
         for g in self.groups:
             mask = torch.zeros(g.size, dtype=torch.bool)
-            if g.name in self.scale_free:
-                mask[torch.topk(weights[g.name], g.keeps).indices] = True
+            if g.name in self.scale_free:  # channel norms only where they are needed
+                mask[torch.topk(self.channel_norms(g), g.keeps).indices] = True
             exempt[g.name] = mask
         return exempt
 
@@ -120,7 +120,7 @@ class DGating(ChannelMethod):
         if lam is None:
             return
         with torch.no_grad():
-            for g, keep in self.exempt(self.weights()).items():
+            for g, keep in self.exempt().items():
                 decay = (~keep).float() * (2.0 * lam * self.weighting[g] / self.depth)
                 gates = self.gates[g].gates
                 if gates.grad is not None:
@@ -152,11 +152,4 @@ class DGating(ChannelMethod):
 
     @classmethod
     def warnings(cls, accuracy: dict[str, float]) -> list[str]:
-        cost = accuracy.get("before_cut", 0.0) - accuracy.get("after_cut", 0.0)
-        if cost <= CUT_COST_WARNING + 1e-9:
-            return []
-        return [
-            f"the exact cut cost {100 * cost:.1f} points: D-Gating had not made all the removed "
-            "channels negligible; train longer (train.epochs) or start from a larger "
-            "structure.lambda_init"
-        ]
+        return cut_cost_warning(accuracy, "D-Gating", "channels", "structure.lambda_init")

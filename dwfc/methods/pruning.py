@@ -24,10 +24,41 @@ if TYPE_CHECKING:
     from dwfc.engine.trainer import Trainer
 
 
-class PrunedWeights(Method):
-    """A baseline: masks on the plain weights `names`, no factorization."""
+class TrainsWeights:
+    """What every baseline that trains its plain weights shares (mixed in before its Method
+    class): the pruned tensors `self.params` in their own optimizer group with plain L2 decay
+    in the sparsify phase only, their masks applied after each step."""
 
+    params: dict[str, nn.Parameter]
     trains = "weights"
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        pruned = {id(p) for p in self.params.values()}
+        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in pruned]
+        groups: list[dict[str, Any]] = [{"params": list(self.params.values()), "pruned": True}]
+        if others:
+            groups.append({"params": others, "pruned": False})
+        return groups
+
+    def before_step(self, trainer: Trainer, step: int, lr: float) -> None:
+        decay = self.recipe.train.weight_decay if trainer.phase == SPARSIFY else 0.0
+        for group in trainer.opt.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = decay if group["pruned"] else 0.0
+
+    def after_step(self, trainer: Trainer, step: int) -> None:
+        self.apply_masks(trainer.opt)
+
+    def phase(self, step: int) -> str:
+        return "masked"
+
+    @classmethod
+    def summary(cls, recipe: Recipe, outcome: TrainOutcome) -> dict[str, Any]:
+        return {**super().summary(recipe, outcome), "weight_decay": recipe.train.weight_decay}
+
+
+class PrunedWeights(TrainsWeights, Method):
+    """A baseline: masks on the plain weights `names`, no factorization."""
 
     def __init__(self, model: nn.Module, names: list[str], recipe: Recipe, schedule: Schedule):
         try:
@@ -40,14 +71,6 @@ class PrunedWeights(Method):
 
     def weights(self) -> dict[str, Tensor]:
         return {n: p.detach() for n, p in self.params.items()}
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        pruned = {id(p) for p in self.params.values()}
-        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in pruned]
-        groups: list[dict[str, Any]] = [{"params": list(self.params.values()), "pruned": True}]
-        if others:
-            groups.append({"params": others, "pruned": False})
-        return groups
 
     def set_masks(self, masks: dict[str, Tensor] | None, opt: Optimizer | None) -> None:
         if masks is None:
@@ -68,18 +91,6 @@ class PrunedWeights(Method):
                 if buf is not None:
                     buf.mul_(mask)
 
-    def before_step(self, trainer: Trainer, step: int, lr: float) -> None:
-        decay = self.recipe.train.weight_decay if trainer.phase == SPARSIFY else 0.0
-        for group in trainer.opt.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = decay if group["pruned"] else 0.0
-
-    def after_step(self, trainer: Trainer, step: int) -> None:
-        self.apply_masks(trainer.opt)
-
-    def phase(self, step: int) -> str:
-        return "masked"
-
     def end_of_sparsify(self, trainer: Trainer) -> None:
         sc = self.recipe.sparsity
         if not self.final:  # l1; gmp when its ramp ends with the sparsify phase
@@ -88,7 +99,3 @@ class PrunedWeights(Method):
         out.sparsity_eps = fraction_below(weights, sc.eps)
         out.sparsity_relative = fraction_below(weights, self.relative)
         self.record_penalty(out)
-
-    @classmethod
-    def summary(cls, recipe: Recipe, outcome: TrainOutcome) -> dict[str, Any]:
-        return {**super().summary(recipe, outcome), "weight_decay": recipe.train.weight_decay}

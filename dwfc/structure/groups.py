@@ -275,8 +275,8 @@ def _gate_inputs(groups: list[ChannelGroup]) -> None:
 
 def find_groups(model: nn.Module, example: Tensor, graph: tp.DependencyGraph, round_to: int,
                 exclude: list[str]) -> list[ChannelGroup]:  # fmt: skip
-    """Every channel group of `model` (traced into `graph` on `example`, a batch), with which are
-    removable and why not."""
+    """Every channel group of `model` (traced into `graph` on `example`, one sample), with which
+    are removable and why not."""
     model_names = {m: n for n, m in model.named_modules()}
     groups = [_describe(graph, model_names, g, exclude)
               for g in graph.get_all_groups(root_module_types=ROOTS)]  # fmt: skip
@@ -291,7 +291,7 @@ def find_groups(model: nn.Module, example: Tensor, graph: tp.DependencyGraph, ro
         for g in groups:
             g.gated = list(carriers[g.name])
         _gate_inputs(groups)
-        inexact = set(exact_removal(model, example[:1], [g for g in groups if g.removable]))
+        inexact = set(exact_removal(model, example, [g for g in groups if g.removable]))
         if not inexact:
             break
         for g in groups:

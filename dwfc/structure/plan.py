@@ -85,10 +85,9 @@ def plan_channels(model: nn.Module, example: Tensor, round_to: int = 8,
     Raises InputError when the model cannot be traced (naming the layer) or has no removable
     group (saying why for each).
     """
-    model = model.cpu()
-    batch, example = example[:32].cpu(), example[:1].cpu()
+    model, example = model.cpu(), example[:1].cpu()
     graph = build_graph(model, example)
-    groups = find_groups(model, batch, graph, round_to, exclude or [])
+    groups = find_groups(model, example, graph, round_to, exclude or [])
     removable = [g for g in groups if g.removable]
     if not removable:
         reasons = (
