@@ -1,18 +1,24 @@
-"""Training overhead of DWF: step time and memory against dense, subnormals, file size.
+"""Training overhead of DWF: step time, memory and operator calls against dense; subnormals;
+file size.
 
     OMP_NUM_THREADS=1 python benchmarks/overhead.py            # writes docs/overhead.md
     python benchmarks/overhead.py --device cuda --out docs/overhead-cuda.md
+    bash benchmarks/gpu_check.sh                                # on a GPU machine, all of it
 
-1. Time per optimisation step (SGD + momentum + weight decay, batch 128) of the dense model and
-   the same model factorized with D = 2, 3, 4 through `dwfc.factorize_`, measured side by side
-   in interleaved rounds (median), for LeNet-5 (1x28x28) and ResNet-20 (3x32x32).
+1. Time per optimisation step (SGD + momentum + weight decay, torch's fused SGD as the engine
+   uses it) of the dense model and the same model factorized with D = 2, 3, 4 through
+   `dwfc.factorize_`, each per weight (the parametrization alone) and fused (`dwfc.fuse_`),
+   measured side by side in interleaved rounds (median), for LeNet-5 (1x28x28), ResNet-20 and
+   ResNet-18 (3x32x32), at each batch size asked for.
 2. Peak training memory as a ratio: on CUDA `torch.cuda.max_memory_allocated` over one step; on
    CPU an exact account of what a step holds at its peak: parameters, gradients, momentum and
    the tensors autograd saves for the backward pass (distinct storages, parameters not twice).
-3. Subnormals (CPU): a real DWF run of LeNet-300-100 (D = 3, target 0.95, the default recipe)
+3. Operator calls per step (torch.profiler, benchmarks/operator_calls.py): compute and metadata
+   operators, and on CUDA the kernels launched, dense against every DWF variant.
+4. Subnormals (CPU): a real DWF run of LeNet-300-100 (D = 3, target 0.95, the default recipe)
    with `train.flush_denormal` off and on: time per epoch over training, the subnormal factor
    entries at the end, and step time at that end state with flushing on and off.
-4. File size: `model.safetensors` of compressed models against the information bound (4 bytes
+5. File size: `model.safetensors` of compressed models against the information bound (4 bytes
    per non-zero value and per unpruned parameter, plus one bit per pruned-or-kept weight).
 """
 
@@ -20,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import dwfc  # noqa: E402
+from benchmarks.operator_calls import operator_calls  # noqa: E402
+from dwfc._atomic import write_text_atomic  # noqa: E402
+from dwfc.engine.trainer import fused_sgd  # noqa: E402
 from dwfc.outputs import SAFETENSORS  # noqa: E402
 from dwfc.report.schema import SparsityInfo  # noqa: E402
 from dwfc.zoo import BasicBlock, lenet5  # noqa: E402
@@ -64,13 +75,28 @@ class ResNet20(nn.Module):
         return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+def _resnet18() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None, num_classes=10)
+
+
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "lenet5": (lenet5, (1, 28, 28)), "resnet20": (ResNet20, (3, 32, 32)),
+    "resnet18": (_resnet18, (3, 32, 32)),
 }  # fmt: skip
-DEPTHS = (None, 2, 3, 4)
+Variant = tuple[int | None, bool]  # (D or None for dense, fused)
+VARIANTS: tuple[Variant, ...] = ((None, False), *((d, f) for d in (2, 3, 4) for f in (False, True)))
+OPS_BATCH = 8  # operator calls do not depend on the batch size
 
 
-def _setup(name: str, depth: int | None, device: torch.device) -> tuple[nn.Module, Any]:
+def _label(variant: Variant) -> str:
+    depth, fused = variant
+    return "dense" if depth is None else f"D={depth} {'fused' if fused else 'per weight'}"
+
+
+def _setup(name: str, variant: Variant, device: torch.device) -> tuple[nn.Module, Any]:
+    depth, fused = variant
     torch.manual_seed(0)
     model = MODELS[name][0]()
     if depth is not None:
@@ -78,7 +104,9 @@ def _setup(name: str, depth: int | None, device: torch.device) -> tuple[nn.Modul
     model.to(device).train()
     if AMP["on"]:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if fused:
+        dwfc.fuse_(model)
+    opt = fused_sgd([{"params": list(model.parameters()), "weight_decay": 5e-4}], 0.01, 0.9)
     return model, opt
 
 
@@ -130,37 +158,65 @@ def _cuda_peak(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> 
     return torch.cuda.max_memory_allocated()
 
 
-def step_overhead(device: torch.device, steps: int, rounds: int) -> list[dict[str, Any]]:
-    """Median step time and peak memory, dense and D = 2, 3, 4, interleaved per round."""
+def _batch(shape: tuple[int, ...], size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(size, *shape, generator=g).to(device)
+    if AMP["on"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 10, (size,), generator=g).to(device)
+
+
+def step_overhead(device: torch.device, models: list[str], batches: list[int], steps: int,
+                  rounds: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Median step time and peak memory of every variant, interleaved per round."""
     rows = []
-    for name, (_, shape) in MODELS.items():
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(128, *shape, generator=g).to(device)
-        if AMP["on"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (128,), generator=g).to(device)
-        setups = {d: _setup(name, d, device) for d in DEPTHS}
-        memory = {d: (_cuda_peak if device.type == "cuda" else _accounted_bytes)(*setups[d], x, y)
-                  for d in DEPTHS}  # fmt: skip
-        times: dict[int | None, list[float]] = {d: [] for d in DEPTHS}
-        for _ in range(rounds):
-            for d in DEPTHS:
-                model, opt = setups[d]
-                _step(model, opt, x, y)  # warm-up within the round
-                _sync(device)
-                started = time.perf_counter()
-                for _ in range(steps):
-                    _step(model, opt, x, y)
-                _sync(device)
-                times[d].append((time.perf_counter() - started) / steps)
-        dense_t, dense_m = statistics.median(times[None]), memory[None]
-        for d in DEPTHS:
-            t = statistics.median(times[d])
-            rows.append({"model": name, "depth": d, "step_ms": 1000 * t, "time_ratio": t / dense_t,
-                         "memory_mb": memory[d] / 2**20, "memory_ratio": memory[d] / dense_m})
-        print(f"{name}: " + ", ".join(f"D={r['depth'] or 'dense'} {r['step_ms']:.1f} ms "
-                                      f"x{r['time_ratio']:.2f} mem x{r['memory_ratio']:.2f}"
-                                      for r in rows if r["model"] == name), flush=True)
+    for name in models:
+        shape = MODELS[name][1]
+        setups = {v: _setup(name, v, device) for v in VARIANTS}
+        for size in batches:
+            x, y = _batch(shape, size, device)
+            measure = _cuda_peak if device.type == "cuda" else _accounted_bytes
+            memory = {v: measure(*setups[v], x, y) for v in VARIANTS}
+            times: dict[Variant, list[float]] = {v: [] for v in VARIANTS}
+            for _ in range(rounds):
+                for v in VARIANTS:
+                    model, opt = setups[v]
+                    _step(model, opt, x, y)  # warm-up within the round
+                    _sync(device)
+                    started = time.perf_counter()
+                    for _ in range(steps):
+                        _step(model, opt, x, y)
+                    _sync(device)
+                    times[v].append((time.perf_counter() - started) / steps)
+            dense_t, dense_m = statistics.median(times[VARIANTS[0]]), memory[VARIANTS[0]]
+            for v in VARIANTS:
+                t = statistics.median(times[v])
+                rows.append({"model": name, "batch": size, "variant": _label(v), "depth": v[0],
+                             "fused": v[1], "step_ms": 1000 * t, "time_ratio": t / dense_t,
+                             "memory_mb": memory[v] / 2**20,
+                             "memory_ratio": memory[v] / dense_m})  # fmt: skip
+            print(f"{name} b{size}: " + ", ".join(
+                f"{r['variant']} {r['step_ms']:.1f} ms x{r['time_ratio']:.2f} "
+                f"mem x{r['memory_ratio']:.2f}" for r in rows[-len(VARIANTS):]), flush=True)
+    return rows
+
+
+def operator_counts(device: torch.device, models: list[str]) -> list[dict[str, Any]]:
+    """Operator calls (and CUDA kernels) of one training step of every variant."""
+    rows = []
+    for name in models:
+        x, y = _batch(MODELS[name][1], OPS_BATCH, device)
+        for v in VARIANTS:
+            model, opt = _setup(name, v, device)
+            _step(model, opt, x, y)
+            calls = operator_calls(partial(_step, model, opt, x, y), device)
+            weights = sum(1 for _ in dwfc.factorized_weights(model)) or None
+            rows.append({"model": name, "variant": _label(v), "weights": weights,
+                         "compute": calls.compute, "metadata": calls.metadata,
+                         "kernels": calls.kernels})  # fmt: skip
+        print(f"{name} operator calls: " + ", ".join(
+            f"{r['variant']} {r['compute']}+{r['metadata']}" for r in rows[-len(VARIANTS):]),
+            flush=True)  # fmt: skip
     return rows
 
 
@@ -296,8 +352,47 @@ def _load() -> str:
         return "load unknown"
 
 
-def render(device: torch.device, steps: list[dict[str, Any]], sub: dict[str, Any] | None,
-           files: list[dict[str, Any]] | None, command: str) -> str:  # fmt: skip
+GOALS = ("Goals (issue 15), at D = 3: at most 1.10x dense step time on a GPU (fp32 and bf16), "
+         "1.05x on the CPU; peak memory at most 1.3x dense on the GPU; compute operator calls "
+         "per step at most dense plus a constant independent of the number of layers.")
+
+
+def _step_table(steps: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | batch | D | per weight: step (ms) | vs dense | memory vs dense "
+             "| fused: step (ms) | vs dense | memory vs dense |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in steps:
+        if r["depth"] is None:
+            lines.append(f"| {r['model']} | {r['batch']} | dense | {r['step_ms']:.1f} | 1.00x | "
+                         f"1.00x ({r['memory_mb']:.1f} MiB) | | | |")
+        elif not r["fused"]:
+            fused = next(f for f in steps if f["fused"] and f["depth"] == r["depth"]
+                         and f["model"] == r["model"] and f["batch"] == r["batch"])  # fmt: skip
+            lines.append(f"| {r['model']} | {r['batch']} | {r['depth']} | {r['step_ms']:.1f} | "
+                         f"{r['time_ratio']:.2f}x | {r['memory_ratio']:.2f}x | "
+                         f"{fused['step_ms']:.1f} | {fused['time_ratio']:.2f}x | "
+                         f"{fused['memory_ratio']:.2f}x |")
+    return lines
+
+
+def _ops_table(ops: list[dict[str, Any]]) -> list[str]:
+    cuda = any(r["kernels"] is not None for r in ops)
+    lines = ["| model | factorized weights | variant | compute calls | extra vs dense | "
+             "metadata calls |" + (" CUDA kernels | extra vs dense |" if cuda else ""),
+             "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if cuda else "")]
+    for r in ops:
+        dense = next(d for d in ops if d["model"] == r["model"] and d["variant"] == "dense")
+        line = (f"| {r['model']} | {r['weights'] or ''} | {r['variant']} | {r['compute']} | "
+                f"{r['compute'] - dense['compute']:+d} | {r['metadata']} |")
+        if cuda:
+            line += f" {r['kernels']} | {r['kernels'] - dense['kernels']:+d} |"
+        lines.append(line)
+    return lines
+
+
+def render(device: torch.device, steps: list[dict[str, Any]], ops: list[dict[str, Any]] | None,
+           sub: dict[str, Any] | None, files: list[dict[str, Any]] | None,
+           command: str) -> str:  # fmt: skip
     dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"CPU, {torch.get_num_threads()} thread(s)")  # fmt: skip
     if AMP["on"]:
@@ -305,17 +400,23 @@ def render(device: torch.device, steps: list[dict[str, Any]], sub: dict[str, Any
     memory_how = ("torch.cuda.max_memory_allocated over one step" if device.type == "cuda" else
                   "parameters + gradients + momentum + tensors saved for backward")  # fmt: skip
     lines = [f"# Training overhead of DWF ({dev})", "",
-             f"Time per optimisation step (batch 128, SGD + momentum + weight decay; median of "
-             f"interleaved rounds) and peak training memory ({memory_how}), dense against the "
-             "same model factorized by `dwfc.factorize_`. Target: at most 1.25x time at D = 3.",
+             "Time per optimisation step (SGD + momentum + weight decay in torch's fused SGD, as "
+             "the engine runs it; median of interleaved rounds) and peak training memory "
+             f"({memory_how}), dense against the same model factorized by `dwfc.factorize_`: "
+             "per weight (each weight multiplied out by its parametrization, `train.fused=false`) "
+             "and fused (`dwfc.fuse_`, the default in training). " + GOALS,
              "", *([f"Measured on a CPU shared with other jobs ({_load()}): step times are "
                     "noisy even as medians of interleaved rounds. Unshared CPU and CUDA numbers: "
                     "[overhead-gpu.md](overhead-gpu.md).", ""] if device.type == "cpu" else []),
-             "| model | D | step (ms) | time vs dense | memory (MiB) | memory vs dense |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    for r in steps:
-        lines.append(f"| {r['model']} | {r['depth'] or 'dense'} | {r['step_ms']:.1f} | "
-                     f"{r['time_ratio']:.2f}x | {r['memory_mb']:.1f} | {r['memory_ratio']:.2f}x |")
+             *_step_table(steps)]  # fmt: skip
+    if ops:
+        lines += ["", "## Operator calls per training step", "",
+                  f"torch.profiler over one step at batch {OPS_BATCH} (the counts do not depend "
+                  "on it): aten operators called at the top level, *compute* if they do any "
+                  "work, *metadata* if they only make views (no kernel, no data moved; "
+                  "benchmarks/operator_calls.py)" +
+                  (", and the CUDA kernels launched." if device.type == "cuda" else "."), "",
+                  *_ops_table(ops)]  # fmt: skip
     if sub is not None:
         off, on = sub["flush_off"], sub["flush_on"]
         end = sub["end_state_step_ms"]
@@ -360,24 +461,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--batch", nargs="+", type=int, default=[128, 256])
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--subnormal-epochs", type=int, default=30)
-    p.add_argument("--skip", nargs="*", default=[], choices=["subnormals", "files"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["ops", "subnormals", "files"])
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "overhead.md")
     args = p.parse_args(argv)
-    command = "OMP_NUM_THREADS=1 python benchmarks/overhead.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = (f"OMP_NUM_THREADS={threads} " if threads else "") + \
+        "python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
     device = torch.device(args.device)
     AMP["on"] = args.amp
-    steps = step_overhead(device, args.steps, args.rounds)
+    steps = step_overhead(device, args.models, args.batch, args.steps, args.rounds)
+    ops = operator_counts(device, args.models) if "ops" not in args.skip else None
     cpu = device.type == "cpu"
     sub = subnormals(args.cache, args.subnormal_epochs) if cpu and "subnormals" not in args.skip \
         else None  # fmt: skip
     files = file_sizes(args.cache) if cpu and "files" not in args.skip else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(device, steps, sub, files, command))
+    write_text_atomic(args.out, render(device, steps, ops, sub, files, command))
     print(f"wrote {args.out}")
     return 0
 

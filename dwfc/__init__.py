@@ -12,6 +12,7 @@ from dwfc.config import Recipe, load_recipe
 from dwfc.errors import DwfcError, ExportCheckError, InputError
 from dwfc.export import load_sparse, save_sparse
 from dwfc.factorize import collapse_, factorize_, factorized_weights
+from dwfc.fused import fuse_, unfuse_
 from dwfc.pipeline import compress
 from dwfc.report import RunReport
 from dwfc.structure import load_pruned, plan_channels
@@ -27,9 +28,11 @@ __all__ = [
     "compress",
     "factorize_",
     "factorized_weights",
+    "fuse_",
     "load_pruned",
     "load_recipe",
     "load_sparse",
     "plan_channels",
     "save_sparse",
+    "unfuse_",
 ]

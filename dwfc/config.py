@@ -78,6 +78,7 @@ class TrainConfig(_Section):
     max_retries: int = Field(3, ge=0)  # restarts of a diverged epoch, each with half the lr
     weight_decay: float = Field(5e-4, ge=0)  # baselines only: plain L2 on the pruned weights
     amp: bool = True  # bf16 autocast (and channels_last for conv nets) on CUDA; off on CPU
+    fused: bool = True  # all factor products in a few flat ops (dwfc/fused.py); false: per weight
     checkpoint: bool = True  # save --out/checkpoint.pt every epoch, for --resume
 
 

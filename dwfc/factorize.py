@@ -31,6 +31,7 @@ class HadamardFactors(nn.Module):
     """Parametrization that rebuilds a weight from D same-shaped factors and an optional mask."""
 
     mask: Tensor | None
+    fused_value: Tensor | None  # this weight, as dwfc.fused computed it for the current forward
 
     def __init__(self, depth: int) -> None:
         super().__init__()
@@ -39,8 +40,11 @@ class HadamardFactors(nn.Module):
         self.depth = depth
         self.register_buffer("mask", None)
         self.parameter_order: list[str] = []  # the owner's parameter names, to restore on collapse
+        self.fused_value = None
 
     def forward(self, *factors: Tensor) -> Tensor:
+        if self.fused_value is not None:
+            return self.fused_value
         weight = factors[0]
         for factor in factors[1:]:
             weight = weight * factor
@@ -305,6 +309,9 @@ def collapse_(model: nn.Module) -> None:
     Example:
         dwfc.factorize_(model); ...train...; dwfc.collapse_(model)
     """
+    from dwfc.fused import unfuse_
+
+    unfuse_(model)
     for fw in list(factorized_weights(model)):
         order = fw.parametrization.parameter_order
         parametrize.remove_parametrizations(fw.module, fw.param, leave_parametrized=True)

@@ -13,7 +13,7 @@ from torch import nn
 
 import dwfc
 from dwfc.config import Recipe, load_recipe
-from dwfc.engine.trainer import train
+from dwfc.engine.trainer import fused_sgd, train
 from dwfc.errors import InputError
 from dwfc.methods import METHODS, method_class
 from dwfc.methods.gmp import gmp_sparsity
@@ -177,9 +177,8 @@ def test_a_baseline_trains_the_plain_weights_exactly_as_masked_sgd() -> None:
     masks = global_magnitude_masks({n: p.detach() for n, p in zip(NAMES, pruned, strict=True)},
                                    0.8)  # fmt: skip
     others = [p for p in reference.parameters() if all(p is not q for q in pruned)]
-    opt = torch.optim.SGD([{"params": pruned, "weight_decay": tc.weight_decay},
-                           {"params": others, "weight_decay": 0.0}], lr=tc.lr,
-                          momentum=tc.momentum)  # fmt: skip
+    opt = fused_sgd([{"params": pruned, "weight_decay": tc.weight_decay},
+                     {"params": others, "weight_decay": 0.0}], tc.lr, tc.momentum)  # fmt: skip
 
     def apply_masks() -> None:
         with torch.no_grad():

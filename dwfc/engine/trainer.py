@@ -30,6 +30,7 @@ from dwfc.engine.loop import evaluate, run_epoch
 from dwfc.engine.outcome import HistoryRow, TrainOutcome
 from dwfc.engine.schedule import FINETUNE, SPARSIFY, Schedule
 from dwfc.errors import Interrupted, OutputError, TrainingDiverged, named
+from dwfc.fused import fused
 from dwfc.methods import Method, method_class
 from dwfc.structure.plan import ChannelPlan
 
@@ -45,6 +46,18 @@ def _cpu_copy(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_cpu_copy(v) for v in obj)
     return copy.deepcopy(obj)
+
+
+def fused_sgd(groups: list[dict[str, Any]], lr: float, momentum: float) -> torch.optim.SGD:
+    """SGD in one fused kernel per parameter group. Its momentum buffers start at zero, which
+    steps exactly as torch's first step does (buffer = gradient), because the fused kernel
+    fails on a parameter whose gradient first arrives after the others' buffers exist."""
+    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=True)
+    if momentum > 0:
+        for group in opt.param_groups:
+            for param in group["params"]:
+                opt.state[param]["momentum_buffer"] = torch.zeros_like(param)
+    return opt
 
 
 class Trainer:
@@ -69,9 +82,7 @@ class Trainer:
 
     # -- what methods call ---------------------------------------------------------------
     def make_optimizer(self) -> torch.optim.Optimizer:
-        opt = torch.optim.SGD(
-            self.method.param_groups(), lr=self.schedule.lr, momentum=self.recipe.train.momentum
-        )
+        opt = fused_sgd(self.method.param_groups(), self.schedule.lr, self.recipe.train.momentum)
         self.method.attach(opt)
         return opt
 
@@ -244,7 +255,10 @@ class Trainer:
         if resume is not None:
             self.restore(resume)
         tc, sc = self.recipe.train, self.recipe.sparsity
-        with flush_denormal(tc.flush_denormal and self.device.type == "cpu"):
+        with (
+            flush_denormal(tc.flush_denormal and self.device.type == "cpu"),
+            fused(self.model, enabled=tc.fused),
+        ):
             if self.phase == SPARSIFY:
                 if resume is None:
                     self.method.start(self)
