@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import statistics
 import sys
@@ -88,6 +89,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 Variant = tuple[int | None, bool]  # (D or None for dense, fused)
 VARIANTS: tuple[Variant, ...] = ((None, False), *((d, f) for d in (2, 3, 4) for f in (False, True)))
 OPS_BATCH = 8  # operator calls do not depend on the batch size
+MIN_ROUND_S = 0.3  # timed seconds per variant and round, at the least: short steps are noisy
 
 
 def _label(variant: Variant) -> str:
@@ -166,6 +168,17 @@ def _batch(shape: tuple[int, ...], size: int, device: torch.device) -> tuple[tor
     return x, torch.randint(0, 10, (size,), generator=g).to(device)
 
 
+def _steps_for(setup: tuple[nn.Module, Any], x: torch.Tensor, y: torch.Tensor,
+               device: torch.device, least: int) -> int:
+    """Timed steps per round: at least `least`, and enough for about MIN_ROUND_S of dense."""
+    _step(*setup, x, y)
+    _sync(device)
+    started = time.perf_counter()
+    _step(*setup, x, y)
+    _sync(device)
+    return max(least, math.ceil(MIN_ROUND_S / max(time.perf_counter() - started, 1e-6)))
+
+
 def step_overhead(device: torch.device, models: list[str], batches: list[int], steps: int,
                   rounds: int) -> list[dict[str, Any]]:  # fmt: skip
     """Median step time and peak memory of every variant, interleaved per round."""
@@ -178,16 +191,17 @@ def step_overhead(device: torch.device, models: list[str], batches: list[int], s
             measure = _cuda_peak if device.type == "cuda" else _accounted_bytes
             memory = {v: measure(*setups[v], x, y) for v in VARIANTS}
             times: dict[Variant, list[float]] = {v: [] for v in VARIANTS}
+            steps_here = _steps_for(setups[VARIANTS[0]], x, y, device, steps)
             for _ in range(rounds):
                 for v in VARIANTS:
                     model, opt = setups[v]
                     _step(model, opt, x, y)  # warm-up within the round
                     _sync(device)
                     started = time.perf_counter()
-                    for _ in range(steps):
+                    for _ in range(steps_here):
                         _step(model, opt, x, y)
                     _sync(device)
-                    times[v].append((time.perf_counter() - started) / steps)
+                    times[v].append((time.perf_counter() - started) / steps_here)
             dense_t, dense_m = statistics.median(times[VARIANTS[0]]), memory[VARIANTS[0]]
             for v in VARIANTS:
                 t = statistics.median(times[v])
@@ -463,8 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--batch", nargs="+", type=int, default=[128, 256])
-    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round, at the least")
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--subnormal-epochs", type=int, default=30)
     p.add_argument("--skip", nargs="*", default=[], choices=["ops", "subnormals", "files"])
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")

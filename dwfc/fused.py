@@ -170,24 +170,45 @@ class _Fusion:
             bank.release()
 
 
-def fuse_(model: nn.Module) -> None:
+CPU_BANK_ELEMENTS = 2**21  # 8 MiB of fp32 per flat buffer on CPU; see `fuse_`
+
+
+def _banks(weights: list[FactorizedWeight], cap: int | None) -> list[list[FactorizedWeight]]:
+    """The weights grouped by depth, dtype and device, in order, each group cut at `cap`
+    elements (a weight larger than `cap` alone)."""
+    groups: dict[tuple[int, torch.dtype, torch.device], list[list[FactorizedWeight]]] = {}
+    for fw in weights:
+        first = fw.factors[0]
+        banks = groups.setdefault((fw.parametrization.depth, first.dtype, first.device), [[]])
+        size = sum(w.factors[0].numel() for w in banks[-1])
+        if cap is not None and banks[-1] and size + first.numel() > cap:
+            banks.append([])
+        banks[-1].append(fw)
+    return [bank for banks in groups.values() for bank in banks]
+
+
+def fuse_(model: nn.Module, max_elements: int | None = -1) -> None:
     """Compute all factorized weights of `model` with a few flat operations per forward, in place.
 
     Call it with the model on its device (moving it later is detected and costs one re-layout);
     the factor parameters stay the same objects, so an optimizer made before or after works.
     `unfuse_` (and `collapse_`) undo it. A model without factorized weights is left alone.
+    `max_elements` caps each flat buffer (None: no cap; -1: none on CUDA, CPU_BANK_ELEMENTS on
+    the CPU, whose allocator maps larger tensors fresh from the OS on every step: a multiply of
+    11.2M floats took 22 ms into a new tensor and 3.9 ms into a reused one).
 
     Example:
         dwfc.factorize_(model, depth=3); dwfc.fuse_(model)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4, foreach=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4, fused=True)
     """
     unfuse_(model)
-    groups: dict[tuple[int, torch.dtype, torch.device], list[FactorizedWeight]] = {}
-    for fw in factorized_weights(model):
-        first = fw.factors[0]
-        groups.setdefault((fw.parametrization.depth, first.dtype, first.device), []).append(fw)
-    if groups:
-        model._dwfc_fusion = _Fusion(model, [FactorBank(ws) for ws in groups.values()])
+    weights = list(factorized_weights(model))
+    if not weights:
+        return
+    if max_elements == -1:
+        on_cpu = weights[0].factors[0].device.type == "cpu"
+        max_elements = CPU_BANK_ELEMENTS if on_cpu else None
+    model._dwfc_fusion = _Fusion(model, [FactorBank(ws) for ws in _banks(weights, max_elements)])
 
 
 def unfuse_(model: nn.Module) -> None:

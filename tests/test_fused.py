@@ -225,3 +225,21 @@ def test_fused_on_cuda_under_autocast_matches_the_per_weight_path() -> None:
     for (name, a), b in zip(reference.named_parameters(), fused.parameters(), strict=True):
         assert b.grad.dtype == torch.float32
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_banks_are_cut_at_the_cap_and_stay_exact() -> None:
+    reference, capped = _factorized(3), _factorized(3)
+    dwfc.fuse_(capped, max_elements=600)  # in order: conv1 144, conv2 576, a 64 entries
+    sizes = [sum(b.sizes) for b in capped._dwfc_fusion.banks]
+    assert sizes == [144, 576, 64, 24]  # each next weight would overflow; the head is D=2
+    assert all(sum(b.sizes) <= 600 for b in capped._dwfc_fusion.banks)
+    _train(reference), _train(capped)
+    conv = "conv2.parametrizations.weight.original1"
+    assert torch.equal(reference.get_parameter(conv), capped.get_parameter(conv))
+
+
+def test_on_the_cpu_big_models_get_several_banks() -> None:
+    model = nn.Sequential(nn.Linear(1500, 1500), nn.Linear(1500, 1500))  # 2.25M each
+    dwfc.factorize_(model, depth=3)
+    dwfc.fuse_(model)
+    assert len(model._dwfc_fusion.banks) == 2
