@@ -51,7 +51,7 @@ RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe 
 QuietOpt = Annotated[bool, opt("No progress output.", "--quiet", "-q")]
 JsonOpt = Annotated[bool, opt("Print one JSON document on stdout (logs go to stderr).", "--json")]
 ModelArg = Annotated[Path, typer.Argument(help="A state dict (with --arch) or a saved module.")]
-ArchOpt = Annotated[str | None, opt("package.module:factory or torchvision:NAME.")]
+ArchOpt = Annotated[str | None, opt("package.module:factory, torchvision:NAME or timm:NAME.")]
 ArchKwargOpt = Annotated[list[str] | None, opt("Factory argument key=value (repeatable).")]
 TrustOpt = Annotated[bool, opt("Allow unpickling a saved module (runs its code).")]
 DepthOpt = Annotated[int | None, opt("D, the number of factors (>= 2).")]

@@ -3,8 +3,9 @@
 Accepted files (docs/models.md): a state dict saved with `torch.save` (`.pt`, `.pth`) or as
 `.safetensors`, also wrapped in a checkpoint dict (`{"state_dict": ...}`, `{"model": ...}`, with
 or without DataParallel's `module.` prefix); or a whole pickled module with `trust_model=True`.
-A state dict needs `arch`: "torchvision:NAME" (built with `weights=None`) or any importable
-"package.module:factory". Nothing is ever downloaded.
+A state dict needs `arch`: "torchvision:NAME" (built with `weights=None`), "timm:NAME" (built
+with `pretrained=False`, timm_models.py) or any importable "package.module:factory". Nothing is
+ever downloaded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from dwfc.errors import InputError, named
+from dwfc.models import timm_models
 from dwfc.models.files import read_model_file, short_reason
 
 __all__ = [
@@ -43,7 +45,7 @@ _PREFIXES = {
 }
 # Keyword arguments through which torchvision builders fetch pretrained weights.
 _DOWNLOAD_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
-_ARCH_FORMS = "'torchvision:NAME' or 'package.module:factory'"
+_ARCH_FORMS = "'torchvision:NAME', 'timm:NAME' or 'package.module:factory'"
 ARCH = named("model.arch")
 
 
@@ -97,8 +99,9 @@ def count_parameters(model: nn.Module) -> int:
 def build_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the architecture `arch` with `arch_kwargs`, never with pretrained weights.
 
-    `arch` is "torchvision:NAME" (`torchvision.models.get_model(NAME, weights=None, **kwargs)`)
-    or "package.module:factory" (called as `factory(**kwargs)`). Builders from torchvision get
+    `arch` is "torchvision:NAME" (`torchvision.models.get_model(NAME, weights=None, **kwargs)`),
+    "timm:NAME" (`timm.create_model(NAME, pretrained=False, **kwargs)`) or
+    "package.module:factory" (called as `factory(**kwargs)`). Builders from torchvision get
     `weights=None` (and `weights_backbone=None` where they take it); asking them for pretrained
     weights is an InputError.
 
@@ -114,6 +117,8 @@ def build_model(arch: str, arch_kwargs: Mapping[str, Any] | None = None) -> nn.M
     module_name, sep, name = arch.strip().partition(":")
     if sep and module_name.strip() == "torchvision":
         return _build_torchvision(arch, name.strip(), kwargs)
+    if timm_models.is_timm(arch):
+        return _call_factory(arch, timm_models.builder(arch, kwargs), kwargs)
     factory = import_object(arch, ARCH)
     if not callable(factory):
         raise InputError(
@@ -233,6 +238,9 @@ def load_model_with_notes(
     model = build_model(arch, arch_kwargs)
     if arch.strip().startswith("torchvision:"):
         notes.append(f"{arch.strip()} built with weights=None: every weight comes from {file.name}")
+    if timm_models.is_timm(arch):
+        notes.append(f"{arch.strip()} built with pretrained=False: every weight comes from "
+                     f"{file.name}")  # fmt: skip
     state_dict, fix_notes = _fit_keys(weights, model)
     _load_state_dict(model, state_dict, file, arch)
     return model.to("cpu").eval(), notes + fix_notes
