@@ -346,6 +346,9 @@ weights over the pruned (Linear and Conv) weights. Baselines: [baselines.md](bas
 
 {tables(specs, cells, dense, markdown=True)}
 
+Per-seed paired differences of DWF D = 3 and 4 against each method, with 95% intervals:
+[results-paired.md](results-paired.md) (`python benchmarks/paired.py`).
+
 Mean wall time per run (one CPU thread, on a shared machine): {", ".join(
     f"{LABELS.get(m, m)} {t:.0f} s" for m, t in times.items())}.
 

@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import accuracy_vs_sparsity as bench  # noqa: E402
 from benchmarks.bench_data import mnist5k_validation  # noqa: E402
+from benchmarks.paired import paired  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.data import mnist5k  # noqa: E402
 from dwfc.errors import InputError  # noqa: E402
@@ -93,3 +94,15 @@ def test_quick_search_writes_recipes_from_the_validation_split(tmp_path: Path) -
     assert runs and all(r["split"] == "val" for r in runs)
     assert all(r["recipe"]["data"]["source"].startswith("benchmarks.") for r in runs)
     assert "## Tuning" in (tmp_path / "results.md").read_text()
+
+
+def test_paired_differences_are_per_seed_with_a_student_t_interval() -> None:
+    a, b = {0: 0.90, 1: 0.80, 2: 0.85, 3: 0.5}, {0: 0.88, 1: 0.79, 2: 0.82}
+    p = paired(a, b)  # seeds 0-2 only: seed 3 has no partner
+    assert p is not None and p.seeds == 3
+    assert p.mean == pytest.approx(2.0)  # points: 2, 1, 3
+    assert (p.high - p.mean) == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-5)  # sd 1
+    assert not p.significant  # [-0.48, +4.48]
+    tight = paired({0: 0.920, 1: 0.921, 2: 0.919}, {0: 0.90, 1: 0.90, 2: 0.90})
+    assert tight is not None and tight.significant and tight.low > 0
+    assert paired({0: 0.9}, {0: 0.8}) is None  # one seed: no interval
