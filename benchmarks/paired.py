@@ -69,7 +69,8 @@ def by_cell(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, float, str], dict
     return cells
 
 
-def _shown(p: Paired | None) -> str:
+def shown(p: Paired | None) -> str:
+    """`mean [low, high]`, bold where the interval excludes zero."""
     if p is None:
         return "n/a"
     text = f"{p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
@@ -100,7 +101,7 @@ def render(runs: Sequence[dict[str, Any]], source: str, command: str) -> str:
                            cells.get((model, sparsity, other), {}))  # fmt: skip
                 if p is not None and p.significant:
                     wins[dwf][other][0 if p.mean > 0 else 1] += 1
-                row.append(_shown(p))
+                row.append(shown(p))
             lines.append(f"| {model} | {sparsity} | " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## Count", "", f"Cells (of {len(keys)}) where the interval excludes zero:", ""]

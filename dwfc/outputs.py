@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ LAYER_PLOT = "layer_sparsity.png"
 TRAINING_PLOT = "training.png"
 RECIPE = "recipe.yaml"
 CHECKPOINT = "checkpoint.pt"
+HF_MODEL = "hf_model"  # a folder
 DENSE_SAFETENSORS = "model.dense.safetensors"  # what `dwfc unpack` writes, beside the sparse one
 
 OUTPUT_FILES: tuple[tuple[str, str], ...] = (
@@ -35,6 +37,9 @@ OUTPUT_FILES: tuple[tuple[str, str], ...] = (
     (INT8_ONNX, "with `--quantize dynamic|static`: the int8 model (onnxruntime quantization, "
      "symmetric int8 weights); its accuracy in onnxruntime, and the check that every pruned "
      "weight is still exactly zero, are in the report"),
+    (HF_MODEL, "for a Hugging Face model directory: the compressed model's save_pretrained "
+     "folder (weights with their zeros, config, processor files); `AutoModelFor...` loads it "
+     "back, and dwfc checks it gives the same logits"),
     (REPORT_JSON, "everything measured: sparsity, accuracy at each stage, per-layer counts, file "
      "sizes, hashes, timing, training history, warnings, quality gates "
      "([report-schema.md](report-schema.md))"),
@@ -100,6 +105,8 @@ def publish(staging: Path, out: Path) -> None:
         return
     for name, _ in OUTPUT_FILES:
         if name != CHECKPOINT:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
             (out / name).unlink(missing_ok=True)
     for item in staging.iterdir():
         os.replace(item, out / item.name)

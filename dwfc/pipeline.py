@@ -28,7 +28,7 @@ from dwfc.export.stage import Original, export_original, export_outputs
 from dwfc.factorize import collapse_
 from dwfc.methods import method_class
 from dwfc.models import count_parameters, load_model_with_notes
-from dwfc.models.timm_models import with_data_defaults
+from dwfc.models.defaults import with_model_defaults
 from dwfc.outputs import CHECKPOINT, RECIPE, check_out, file_sizes, make_staging, publish, writing
 from dwfc.report.build import (
     build_report,
@@ -94,8 +94,8 @@ def compress(
         model, notes = load_model_with_notes(
             model_path, recipe.model.arch, recipe.model.arch_kwargs, recipe.model.trust_model
         )
-        recipe, data_notes = with_data_defaults(recipe, model)
-        notes += data_notes
+        recipe, default_notes = with_model_defaults(recipe, model)
+        notes += default_notes
         payload = load_for_resume(checkpoint, recipe.model_dump(mode="json")) if resume else None
         channel = recipe.structure.kind == "channel"
         method = method_class(recipe.sparsity.method, recipe.structure.kind)

@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import accuracy_vs_sparsity as bench  # noqa: E402
 from benchmarks.bench_data import mnist5k_validation  # noqa: E402
 from benchmarks.paired import paired  # noqa: E402
+from benchmarks.paper_regime import best_at, front  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.data import mnist5k  # noqa: E402
 from dwfc.errors import InputError  # noqa: E402
@@ -106,3 +107,10 @@ def test_paired_differences_are_per_seed_with_a_student_t_interval() -> None:
     tight = paired({0: 0.920, 1: 0.921, 2: 0.919}, {0: 0.90, 1: 0.90, 2: 0.90})
     assert tight is not None and tight.significant and tight.low > 0
     assert paired({0: 0.9}, {0: 0.8}) is None  # one seed: no interval
+
+
+def test_the_pareto_front_keeps_only_undominated_points() -> None:
+    points = [(10, 0.95), (20, 0.97), (100, 0.90), (100, 0.80), (500, 0.91), (2000, 0.10)]
+    assert front(points) == [(20, 0.97), (500, 0.91), (2000, 0.10)]
+    assert best_at(points, 100) == 0.91 and best_at(points, 600) == 0.10
+    assert best_at(points, 5000) is None

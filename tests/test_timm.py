@@ -14,7 +14,7 @@ from test_cli import assert_one_line_error, invoke
 
 import dwfc
 from dwfc.models import build_model, load_model_with_notes
-from dwfc.models.timm_models import with_data_defaults
+from dwfc.models.defaults import with_model_defaults
 
 timm = pytest.importorskip("timm")
 
@@ -44,17 +44,17 @@ def test_a_timm_arch_is_built_without_downloads_and_gets_the_file(timm_file: Pat
 def test_the_timm_data_config_fills_only_unset_data_keys() -> None:
     rgb = build_model(f"timm:{NAME}", {"num_classes": 10})
     recipe = dwfc.load_recipe("default", [f"model.arch=timm:{NAME}"])
-    filled, notes = with_data_defaults(recipe, rgb)
+    filled, notes = with_model_defaults(recipe, rgb)
     assert (filled.data.image_size, filled.data.mean, filled.data.std) == (160, [0.5] * 3,
                                                                            [0.5] * 3)  # fmt: skip
     assert "data.image_size=160" in notes[0]
     explicit = dwfc.load_recipe("default", [f"model.arch=timm:{NAME}", "data.image_size=32"])
-    assert with_data_defaults(explicit, rgb)[0].data.image_size == 32
+    assert with_model_defaults(explicit, rgb)[0].data.image_size == 32
     grey = build_model(f"timm:{NAME}", KWARGS)  # 1 channel: the 3-channel mean does not fit
-    filled, notes = with_data_defaults(recipe, grey)
-    assert filled.data.mean is None and "for 3 channels" in notes[0]
+    filled, notes = with_model_defaults(recipe, grey)
+    assert filled.data.mean is None and "are for 3 channels" in notes[0]
     other = dwfc.load_recipe("default", ["model.arch=dwfc.zoo:lenet5"])
-    assert with_data_defaults(other, rgb) == (other, [])
+    assert with_model_defaults(other, rgb) == (other, [])
 
 
 @pytest.mark.parametrize(("name", "extra"), [(NAME, {}), ("test_vit", {"img_size": 32})])

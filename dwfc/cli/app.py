@@ -203,13 +203,13 @@ def _apply_selection(
 
 def _plan(model_path: Path, recipe: Recipe, as_json: bool) -> None:
     from dwfc.models import load_model_with_notes
-    from dwfc.models.timm_models import with_data_defaults
+    from dwfc.models.defaults import with_model_defaults
     from dwfc.select import plan, plan_summary
 
     model, _ = load_model_with_notes(
         model_path, recipe.model.arch, recipe.model.arch_kwargs, recipe.model.trust_model
     )
-    recipe, _ = with_data_defaults(recipe, model)
+    recipe, _ = with_model_defaults(recipe, model)
     if recipe.structure.kind == "channel":
         _channel_plan(model, recipe, as_json)
         return

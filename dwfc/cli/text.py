@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from dwfc.cli.options import FLAG_KEYS, PREFIX_FLAGS
 from dwfc.errors import KEY_MARK, DwfcError
-from dwfc.outputs import LAYER_PLOT, MODEL_FILES, RECIPE, REPORT_JSON, REPORT_MD, TRAINING_PLOT
+from dwfc.outputs import (
+    HF_MODEL,
+    LAYER_PLOT,
+    MODEL_FILES,
+    RECIPE,
+    REPORT_JSON,
+    REPORT_MD,
+    TRAINING_PLOT,
+)
 from dwfc.report.format import threads
 from dwfc.report.schema import AccuracyInfo, LatencyInfo, RunReport, SparsityInfo, StructureInfo
 from dwfc.select import PlannedWeight, plan_summary
@@ -66,6 +75,8 @@ def compress_summary(report: RunReport, out_dir: str) -> list[str]:
     if latency:
         lines.append(latency)
     others = [REPORT_MD, REPORT_JSON, LAYER_PLOT, TRAINING_PLOT, RECIPE]
+    if (Path(out_dir) / HF_MODEL).is_dir():
+        others.insert(0, f"{HF_MODEL}/")
     lines.append(f"outputs in {out_dir}/: {', '.join([*written, *others])}")
     return lines
 

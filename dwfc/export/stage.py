@@ -47,7 +47,8 @@ from dwfc.export.sparse_file import (
     save_sparse,
     tensor_digests,
 )
-from dwfc.outputs import INT8_ONNX, ONNX, SAFETENSORS, SPARSE_ONNX
+from dwfc.models import hf
+from dwfc.outputs import HF_MODEL, INT8_ONNX, ONNX, SAFETENSORS, SPARSE_ONNX
 from dwfc.report.format import jsonable
 from dwfc.report.schema import (
     Int8Info,
@@ -196,11 +197,27 @@ def write_int8(job: ExportJob) -> None:
     job.result.int8_accuracy = onnx_accuracy(path, job.eval_loader)
 
 
+def write_hf_model(job: ExportJob) -> None:
+    """hf_model/ for a Hugging Face model: its save_pretrained directory (the weights with their
+    zeros, the config, the processor files), loaded back by transformers and required to give
+    exactly the compressed model's logits on the evaluation batch."""
+    if not isinstance(job.model, hf.HFClassifier):
+        return
+    folder = job.folder / HF_MODEL
+    job.model.save_pretrained(folder)
+    reloaded, _ = hf.load(folder)
+    with torch.no_grad():
+        same = torch.equal(job.model.eval()(job.example), reloaded(job.example))
+    if not same:
+        raise ExportCheckError(f"{HF_MODEL}/ loaded back by transformers gives other logits")
+
+
 EXPORTERS: tuple[Callable[[ExportJob], None], ...] = (
     write_safetensors,
     write_onnx,
     write_sparse_onnx,
     write_int8,
+    write_hf_model,
 )
 
 

@@ -52,11 +52,16 @@ _MAX_SAFETENSORS_HEADER = 100_000_000
 
 
 def file_digest(path: Path) -> str:
-    """"sha256:<hex>" of a file's bytes: which model file a run compressed."""
+    """"sha256:<hex>" of a file's bytes: which model file a run compressed. A directory (a
+    Hugging Face model) hashes the names and bytes of its files, in sorted order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
     return "sha256:" + digest.hexdigest()
 
 

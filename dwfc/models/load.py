@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dwfc.errors import InputError, named
-from dwfc.models import timm_models
+from dwfc.models import hf, timm_models
 from dwfc.models.files import read_model_file, short_reason
 
 __all__ = [
@@ -212,8 +212,14 @@ def load_model_with_notes(
     file = Path(path)
     if not file.exists():
         raise InputError(f"model file not found: {file}")
+    if hf.is_hf_dir(file):
+        model, notes = hf.load(file)
+        if arch is not None:
+            notes.append(f"model.arch {arch} ignored: {file} is a Hugging Face model directory")
+        return model, notes
     if file.is_dir():
-        raise InputError(f"model path is a directory, not a file: {file}")
+        raise InputError(f"model path {file} is a directory without {hf.CONFIG}: neither a model "
+                         "file nor a Hugging Face model directory")  # fmt: skip
     if file.stat().st_size == 0:
         raise InputError(f"model file is empty: {file}")
 

@@ -19,7 +19,7 @@ from dwfc.export.sparse_file import (
     read_metadata,
     tensor_digests,
 )
-from dwfc.outputs import INT8_ONNX, ONNX, RECIPE, REPORT_JSON, SAFETENSORS, SPARSE_ONNX
+from dwfc.outputs import HF_MODEL, INT8_ONNX, ONNX, RECIPE, REPORT_JSON, SAFETENSORS, SPARSE_ONNX
 from dwfc.report.schema import RunReport
 from dwfc.structure import PRUNED_KEY, PrunedSpec, count_macs, rebuild_
 from dwfc.verify.state import Fail, Run, Skip, json_meta, listing
@@ -139,7 +139,7 @@ def _same(actual: Any, recorded: Any) -> bool:
 
 def check_model(run: Run) -> str:
     from dwfc.config import load_recipe
-    from dwfc.models import build_model
+    from dwfc.models import build_model, hf
 
     if not (run.out / RECIPE).is_file():
         raise Fail(f"{RECIPE} is missing")
@@ -147,9 +147,13 @@ def check_model(run: Run) -> str:
     if run.state is None:
         raise Skip(f"{SAFETENSORS} did not load")
     arch = run.recipe.model.arch
-    if arch is None:
+    if arch is None and (run.out / HF_MODEL).is_dir():
+        model, _ = hf.load(run.out / HF_MODEL)
+        arch = f"{HF_MODEL}/ (transformers)"
+    elif arch is None:
         raise Skip("the run compressed a whole pickled module: no architecture to rebuild")
-    model = build_model(arch, run.recipe.model.arch_kwargs)
+    else:
+        model = build_model(arch, run.recipe.model.arch_kwargs)
     shrunk = ""
     if PRUNED_KEY in run.meta:  # a channel run: the architecture shrunk as the spec says
         spec = PrunedSpec.from_json(run.meta[PRUNED_KEY])

@@ -1,0 +1,118 @@
+"""Hugging Face models: a directory written by `save_pretrained` (config.json, the weights, the
+image processor's files) is loaded with its `AutoModelFor...` class from local files only, and
+wrapped so that the pipeline sees a module from pixels to logits. Needs the `hf` extra:
+pip install 'dwfc[hf]'.
+
+Image classification (`...ForImageClassification`) is supported; sequence classification needs
+text data, which dwfc does not read yet (docs/models.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from dwfc.errors import InputError
+
+CONFIG = "config.json"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+           "pytorch_model.bin.index.json")  # fmt: skip
+PROCESSOR = "preprocessor_config.json"
+HEADS = {"ForImageClassification": "AutoModelForImageClassification"}
+LATER = {"ForSequenceClassification": "text data, which dwfc does not read yet"}
+EXTRA_FILES = (PROCESSOR, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.txt", "generation_config.json")  # fmt: skip
+PREFIX = "hf"  # the wrapper's attribute: state-dict keys read "hf.<the model's own key>"
+
+
+def is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG).is_file()
+
+
+class HFClassifier(nn.Module):
+    """A Hugging Face classification model as `pixels -> logits`; `source` is its directory."""
+
+    def __init__(self, model: nn.Module, source: Path) -> None:
+        super().__init__()
+        self.hf = model
+        self.source = source
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.hf(pixel_values=x).logits
+
+    def default_exclude(self) -> list[str]:
+        """The weights factorized only when asked: embeddings and the classification head."""
+        base = getattr(self.hf, "base_model_prefix", "")
+        heads = [name for name, _ in self.hf.named_children() if name != base]
+        return [f"{PREFIX}.*embeddings*", *(f"{PREFIX}.{h}.*" for h in heads)]
+
+    def data_defaults(self) -> dict[str, Any]:
+        """image_size, mean and std from the image processor's files, where it has them."""
+        path = self.source / PROCESSOR
+        if not path.is_file():
+            return {}
+        cfg = json.loads(path.read_text())
+        size, out = cfg.get("size") or {}, {}
+        side = size.get("shortest_edge") or (size.get("height") if size.get("height") ==
+                                             size.get("width") else None)  # fmt: skip
+        if side:
+            out["image_size"] = int(side)
+        if cfg.get("do_normalize", True) and cfg.get("image_mean") and cfg.get("image_std"):
+            out["mean"] = [float(v) for v in cfg["image_mean"]]
+            out["std"] = [float(v) for v in cfg["image_std"]]
+        return out
+
+    def save_pretrained(self, folder: Path) -> None:
+        """The model (weights with their zeros) and the source's processor files, in `folder`."""
+        self.hf.save_pretrained(folder, safe_serialization=True)
+        for name in EXTRA_FILES:
+            if (self.source / name).is_file() and not (folder / name).exists():
+                shutil.copy2(self.source / name, folder / name)
+
+
+def _transformers(path: Path) -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise InputError(f"{path} is a Hugging Face model directory: reading it needs "
+                         "transformers: pip install 'dwfc[hf]'") from None  # fmt: skip
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def load(path: Path) -> tuple[HFClassifier, list[str]]:
+    """The classifier in the `save_pretrained` directory `path`, from local files only."""
+    transformers = _transformers(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a Hugging Face model directory ({_first(e)})") from None
+    names = list(getattr(config, "architectures", None) or [])
+    if not names:
+        raise InputError(f"{path}/{CONFIG} names no architecture: save the model with "
+                         "save_pretrained from a ...ForImageClassification class")  # fmt: skip
+    head = next((suffix for suffix in HEADS if names[0].endswith(suffix)), None)
+    if head is None:
+        later = next((why for suffix, why in LATER.items() if names[0].endswith(suffix)), None)
+        why = f"it needs {later}" if later else "not a classification model"
+        raise InputError(f"{path}: {names[0]} has no supported head ({why}); dwfc takes "
+                         f"{', '.join('...' + s for s in HEADS)}")  # fmt: skip
+    if not any((path / w).is_file() for w in WEIGHTS):
+        raise InputError(f"{path}: no weights file ({' or '.join(WEIGHTS[::2])})")
+    auto = getattr(transformers, HEADS[head])
+    try:
+        model = auto.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InputError(f"{path}: cannot load {names[0]}: {_first(e)}") from None
+    notes = [f"{names[0]} loaded from {path} with transformers.{HEADS[head]} (local files only)"]
+    return HFClassifier(model.eval(), path), notes
+
+
+def _first(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
