@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -62,6 +63,7 @@ LRS = {"dwf2": [0.05, 0.1, 0.2], "dwf3": [0.1, 0.2, 0.4], "dwf4": [0.1, 0.2, 0.4
        "l1": [0.02, 0.05, 0.1], "gmp": [0.02, 0.05, 0.1]}  # at momentum 0.9; see choose_lrs
 CRS = (100, 300, 1000)
 DEEP, SHALLOW = ("dwf3", "dwf4"), ("dwf2", "l1", "gmp")
+MAX_PLOTTED_CR = 5000
 
 
 def _key(spec: dict[str, Any]) -> str:
@@ -214,6 +216,8 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
              f"models {args.models}. Learning rates chosen: " + ", ".join(
                  f"{m} {me} m={mo}: {lr}" for (m, me, mo), lr in sorted(lrs.items())) + ".",
              "", f"![accuracy against compression ratio]({plot_name})", "",
+             f"(Fronts over the mean of the seeds of each setting, up to CR {MAX_PLOTTED_CR}; "
+             "beyond, runs had lost practically every weight and score chance.)", "",
              "Best test accuracy (%) of any run (of any seed: mean over seeds per setting) "
              "reaching at least the compression ratio:", "",
              "| model | momentum | method | " + " | ".join(f"CR >= {c}" for c in CRS) + " |",
@@ -254,6 +258,8 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
                   + " ahead everywhere" for m in args.models for mo in args.momenta) + ".")]
     diverged = [r for r in results if r.get("diverged")]
     lines += ["", f"Runs: {len(results)}, diverged: {len(diverged)}."]
+    if args.note:
+        lines += ["", args.note]
     lines += ["", "Reproduce:", "", "```", command, "```", "",
               f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
               f"torch {torch.__version__}."]  # fmt: skip
@@ -291,11 +297,13 @@ def plot(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) ->
         for j, model in enumerate(args.models):
             ax = axes[i][j]
             for method in args.methods:
-                pts = front(_points(results, model, method, momentum))
+                pts = [(c, a) for c, a in front(_points(results, model, method, momentum))
+                       if c <= MAX_PLOTTED_CR]  # beyond: every weight gone, chance accuracy
                 if pts:
                     ax.plot([c for c, _ in pts], [100 * a for _, a in pts], marker="o",
                             label=method)  # fmt: skip
             ax.set_xscale("log")
+            ax.set_xlim(1, MAX_PLOTTED_CR)
             ax.set_title(f"{model}, momentum {momentum}")
             ax.set_xlabel("compression ratio (Pareto front)")
             ax.set_ylabel("test accuracy (%)")
@@ -316,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--quick", action="store_true",
                    help="one seed, momentum 0.9, every third lambda, 20 epochs")
+    p.add_argument("--note", default="", help="what the page should say about this run")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache" / "paper_regime")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-paper-regime.md")
     args = p.parse_args(argv)
@@ -323,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.momenta, args.epochs = [0], [0.9], min(args.epochs, 20)
         for method in LAMBDAS:
             LAMBDAS[method] = LAMBDAS[method][::3]
-    command = "python benchmarks/paper_regime.py " + " ".join(sys.argv[1:] if argv is None
-                                                                else argv)  # fmt: skip
+    command = "python benchmarks/paper_regime.py " + shlex.join(sys.argv[1:] if argv is None
+                                                                 else argv)  # fmt: skip
     lrs = choose_lrs(args, args.cache)
     specs = [{"model": m, "method": me, "momentum": mo, "lr": lrs[(m, me, mo)], "seed": s,
               "epochs": args.epochs, "split": "test", **point}
