@@ -274,14 +274,18 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
     return "\n".join(lines) + "\n"
 
 
+def _test_runs(results: list[dict[str, Any]], model: str, method: str,
+               momentum: float) -> list[dict[str, Any]]:  # fmt: skip
+    return [r for r in results if (r["model"], r["method"], r["momentum"], r["split"])
+            == (model, method, momentum, "test")]  # fmt: skip
+
+
 def _points(results: list[dict[str, Any]], model: str, method: str,
             momentum: float) -> list[tuple[float, float]]:  # fmt: skip
     """(mean CR, mean accuracy) over seeds of each swept setting."""
     by_setting: dict[float, list[dict[str, Any]]] = {}
-    for r in results:
-        if (r["model"], r["method"], r["momentum"], r["split"]) == (model, method, momentum,
-                                                                    "test"):  # fmt: skip
-            by_setting.setdefault(r.get("lam", r.get("target")), []).append(r)
+    for r in _test_runs(results, model, method, momentum):
+        by_setting.setdefault(r.get("lam", r.get("target")), []).append(r)
     return [(sum(r["cr"] for r in rs) / len(rs), sum(r["accuracy"] for r in rs) / len(rs))
             for rs in by_setting.values()]  # fmt: skip
 
@@ -290,11 +294,9 @@ def _seed_best(results: list[dict[str, Any]], model: str, method: str, momentum:
                cr: float) -> dict[int, float]:  # fmt: skip
     """Per seed: the best test accuracy of `method` at CR >= `cr` (chance, 0.1, where none)."""
     best: dict[int, float] = {}
-    for r in results:
-        if (r["model"], r["method"], r["momentum"], r["split"]) == (model, method, momentum,
-                                                                    "test"):  # fmt: skip
-            reached = r["accuracy"] if r["cr"] >= cr else 0.1
-            best[r["seed"]] = max(best.get(r["seed"], 0.1), reached)
+    for r in _test_runs(results, model, method, momentum):
+        reached = r["accuracy"] if r["cr"] >= cr else 0.1
+        best[r["seed"]] = max(best.get(r["seed"], 0.1), reached)
     return best
 
 

@@ -77,7 +77,7 @@ class _FlatProduct(torch.autograd.Function):
             suffix = suffix * flat[d]
         grads[0] = suffix
         per_weight = [bank.views(g) for g in grads]
-        return None, *(per_weight[d][i] for i in range(len(bank.weights))
+        return None, *(per_weight[d][i] for i in range(len(bank.sizes))
                        for d in range(bank.depth))  # fmt: skip
 
 
@@ -85,7 +85,6 @@ class FactorBank:
     """The factorized weights of one depth, dtype and device, their factors in flat buffers."""
 
     def __init__(self, weights: list[FactorizedWeight]) -> None:
-        self.weights = weights
         self.hadamards: list[HadamardFactors] = [fw.parametrization for fw in weights]
         self.depth = self.hadamards[0].depth
         self.params = [p for fw in weights for p in fw.factors]
@@ -177,13 +176,16 @@ def _banks(weights: list[FactorizedWeight], cap: int | None) -> list[list[Factor
     """The weights grouped by depth, dtype and device, in order, each group cut at `cap`
     elements (a weight larger than `cap` alone)."""
     groups: dict[tuple[int, torch.dtype, torch.device], list[list[FactorizedWeight]]] = {}
+    filled: dict[tuple[int, torch.dtype, torch.device], int] = {}  # entries in the last bank
     for fw in weights:
         first = fw.factors[0]
-        banks = groups.setdefault((fw.parametrization.depth, first.dtype, first.device), [[]])
-        size = sum(w.factors[0].numel() for w in banks[-1])
-        if cap is not None and banks[-1] and size + first.numel() > cap:
+        key = (fw.parametrization.depth, first.dtype, first.device)
+        banks = groups.setdefault(key, [[]])
+        if cap is not None and banks[-1] and filled[key] + first.numel() > cap:
             banks.append([])
+            filled[key] = 0
         banks[-1].append(fw)
+        filled[key] = filled.get(key, 0) + first.numel()
     return [bank for banks in groups.values() for bank in banks]
 
 
