@@ -47,8 +47,10 @@ from torch import nn  # noqa: E402
 
 import dwfc  # noqa: E402
 from benchmarks.operator_calls import operator_calls  # noqa: E402
+from dwfc import inputs  # noqa: E402
 from dwfc._atomic import write_text_atomic  # noqa: E402
 from dwfc.engine.trainer import fused_sgd  # noqa: E402
+from dwfc.inputs import Inputs  # noqa: E402
 from dwfc.outputs import SAFETENSORS  # noqa: E402
 from dwfc.report.schema import SparsityInfo  # noqa: E402
 from dwfc.zoo import BasicBlock, lenet5  # noqa: E402
@@ -115,22 +117,22 @@ def _setup(name: str, variant: Variant, device: torch.device) -> tuple[nn.Module
 AMP = {"on": False}  # bf16 autocast + channels_last, as dwfc trains on CUDA (--amp)
 
 
-def _step(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+def train_step(model: nn.Module, opt: Any, x: Inputs, y: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=AMP["on"]):
-        logits = model(x)
+    with torch.autocast(y.device.type, torch.bfloat16, enabled=AMP["on"]):
+        logits = inputs.call(model, x)
     F.cross_entropy(logits.float(), y).backward()
     opt.step()
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _accounted_bytes(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> int:
+def accounted_bytes(model: nn.Module, opt: Any, x: Inputs, y: torch.Tensor) -> int:
     """Parameters + gradients + momentum + distinct tensors saved for backward, in bytes."""
-    _step(model, opt, x, y)  # momentum buffers exist from here on
+    train_step(model, opt, x, y)  # momentum buffers exist from here on
     params = list(model.parameters())
     owned = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
@@ -143,7 +145,7 @@ def _accounted_bytes(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tenso
 
     opt.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(inputs.call(model, x), y)
     loss.backward()
     state = sum(p.numel() * p.element_size() for p in params)
     momentum = sum(b.numel() * b.element_size() for s in opt.state.values()
@@ -151,11 +153,11 @@ def _accounted_bytes(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tenso
     return 2 * state + momentum + sum(saved.values())
 
 
-def _cuda_peak(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> int:
-    _step(model, opt, x, y)
+def cuda_peak(model: nn.Module, opt: Any, x: Inputs, y: torch.Tensor) -> int:
+    train_step(model, opt, x, y)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    _step(model, opt, x, y)
+    train_step(model, opt, x, y)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated()
 
@@ -171,11 +173,11 @@ def _batch(shape: tuple[int, ...], size: int, device: torch.device) -> tuple[tor
 def _steps_for(setup: tuple[nn.Module, Any], x: torch.Tensor, y: torch.Tensor,
                device: torch.device, least: int) -> int:
     """Timed steps per round: at least `least`, and enough for about MIN_ROUND_S of dense."""
-    _step(*setup, x, y)
-    _sync(device)
+    train_step(*setup, x, y)
+    sync(device)
     started = time.perf_counter()
-    _step(*setup, x, y)
-    _sync(device)
+    train_step(*setup, x, y)
+    sync(device)
     return max(least, math.ceil(MIN_ROUND_S / max(time.perf_counter() - started, 1e-6)))
 
 
@@ -188,19 +190,19 @@ def step_overhead(device: torch.device, models: list[str], batches: list[int], s
         setups = {v: _setup(name, v, device) for v in VARIANTS}
         for size in batches:
             x, y = _batch(shape, size, device)
-            measure = _cuda_peak if device.type == "cuda" else _accounted_bytes
+            measure = cuda_peak if device.type == "cuda" else accounted_bytes
             memory = {v: measure(*setups[v], x, y) for v in VARIANTS}
             times: dict[Variant, list[float]] = {v: [] for v in VARIANTS}
             steps_here = _steps_for(setups[VARIANTS[0]], x, y, device, steps)
             for _ in range(rounds):
                 for v in VARIANTS:
                     model, opt = setups[v]
-                    _step(model, opt, x, y)  # warm-up within the round
-                    _sync(device)
+                    train_step(model, opt, x, y)  # warm-up within the round
+                    sync(device)
                     started = time.perf_counter()
                     for _ in range(steps_here):
-                        _step(model, opt, x, y)
-                    _sync(device)
+                        train_step(model, opt, x, y)
+                    sync(device)
                     times[v].append((time.perf_counter() - started) / steps_here)
             dense_t, dense_m = statistics.median(times[VARIANTS[0]]), memory[VARIANTS[0]]
             for v in VARIANTS:
@@ -222,8 +224,8 @@ def operator_counts(device: torch.device, models: list[str]) -> list[dict[str, A
         x, y = _batch(MODELS[name][1], OPS_BATCH, device)
         for v in VARIANTS:
             model, opt = _setup(name, v, device)
-            _step(model, opt, x, y)
-            calls = operator_calls(partial(_step, model, opt, x, y), device)
+            train_step(model, opt, x, y)
+            calls = operator_calls(partial(train_step, model, opt, x, y), device)
             weights = sum(1 for _ in dwfc.factorized_weights(model)) or None
             rows.append({"model": name, "variant": _label(v), "weights": weights,
                          "compute": calls.compute, "metadata": calls.metadata,
@@ -298,7 +300,7 @@ def _flush_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
             torch.set_flush_denormal(mode)
             started = time.perf_counter()
             for _ in range(5):
-                _step(model, opt, x, y)
+                train_step(model, opt, x, y)
             times[mode].append((time.perf_counter() - started) / 5)
     torch.set_flush_denormal(False)
     return {"off": 1000 * statistics.median(times[False]),

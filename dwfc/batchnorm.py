@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dwfc import inputs
 from dwfc.errors import InputError
 
 
@@ -91,7 +92,7 @@ def recalibrate_batchnorm_(
             for batch in loader:
                 if max_batches is not None and seen >= max_batches:
                     break
-                model(_to(_inputs(batch), device))
+                inputs.call(model, _to(_inputs(batch), device))
                 seen += 1
     finally:
         if seen == 0:  # interrupted before any batch, or no data: keep the old statistics

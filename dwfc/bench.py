@@ -11,12 +11,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from dwfc import inputs
 from dwfc.config import Recipe, load_recipe
 from dwfc.errors import DwfcError, InputError
 from dwfc.export.latency import cores, cpu_name, measure_latency, onnxruntime_version
 from dwfc.export.onnx_file import export_onnx
+from dwfc.inputs import Inputs
 from dwfc.models import load_model_with_notes
 from dwfc.models.files import file_digest
 from dwfc.outputs import INT8_ONNX, ONNX, RECIPE, REPORT_JSON, SPARSE_ONNX
@@ -51,10 +51,10 @@ def bench_run(
     for label, name in (("sparse", SPARSE_ONNX), ("int8", INT8_ONNX)):
         if (out / name).is_file():
             models[label] = out / name
-    dtype = getattr(torch, report.input_dtype or "float32")
-    samples = (torch.randn(8, *report.input_shape, generator=torch.Generator().manual_seed(0))
-               if dtype.is_floating_point else torch.zeros(8, *report.input_shape, dtype=dtype))
-    notes = ["inputs are synthetic (random for float input): bench has no data"]
+    samples = inputs.synthetic(report.input_shape, report.input_dtype or "float32",
+                               report.input_names, 8)  # fmt: skip
+    notes = ["inputs are synthetic (random for float input, zeros for token ids, ones for "
+             "masks): bench has no data"]
     scratch = Path(tempfile.mkdtemp(prefix="dwfc-bench-"))
     try:
         try:
@@ -71,7 +71,7 @@ def bench_run(
                        rows=[LatencyRowInfo(**vars(r)) for r in rows])  # fmt: skip
 
 
-def _original(report: RunReport, recipe: Recipe, samples: torch.Tensor, folder: Path,
+def _original(report: RunReport, recipe: Recipe, samples: Inputs, folder: Path,
               trust_model: bool) -> Path:  # fmt: skip
     """The original model as ONNX in `folder`: rebuilt from the file the report names."""
     info = report.model
@@ -85,5 +85,5 @@ def _original(report: RunReport, recipe: Recipe, samples: torch.Tensor, folder: 
     model, _ = load_model_with_notes(source, recipe.model.arch, recipe.model.arch_kwargs,
                                      trust_model)  # fmt: skip
     path = folder / "original.onnx"
-    export_onnx(model, samples[:1], path, recipe.export.opset)
+    export_onnx(model, inputs.take(samples, 1), path, recipe.export.opset)
     return path

@@ -41,7 +41,7 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = "mnist5k"  # mnist5k | a torchvision data set name | imagefolder | pkg.mod:factory
+    source: str = "mnist5k"  # mnist5k | torchvision set | imagefolder | text:FILE | pkg.mod:factory
     root: str | None = None  # local folder of a torchvision data set or ImageFolder tree
     options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of a factory
     batch_size: int = Field(128, ge=1)
@@ -51,6 +51,11 @@ class DataConfig(_Section):
     std: list[float] | None = None
     augment: bool = False  # random crop + flip on the training split (image data sets)
     num_workers: int = Field(0, ge=0)
+    eval_source: str | None = None  # text data: the evaluation file; None: a held-out share
+    text_columns: list[str] = Field(default_factory=lambda: ["text"])  # text data: one, or a pair
+    label_column: str = "label"  # text data
+    max_length: int | None = Field(None, ge=1)  # text data: tokens; None: the longest train text
+    tokenizer: str | None = None  # text data: a tokenizer folder; None: the model directory's
 
 
 class FactorizeConfig(_Section):

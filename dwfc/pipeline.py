@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dwfc import inputs
 from dwfc._atomic import write_text_atomic
 from dwfc.batchnorm import recalibrate_and_measure
 from dwfc.config import Recipe, recipe_to_yaml
@@ -22,10 +23,12 @@ from dwfc.data.loaders import check_fit, load_run_data
 from dwfc.engine import distributed as dist
 from dwfc.engine.checkpoint import StopRequest, load_for_resume
 from dwfc.engine.device import Precision, device_name, resolve_device
-from dwfc.engine.loop import evaluate
+from dwfc.engine.loop import evaluate, evaluate_f1
 from dwfc.engine.trainer import Callback, train
+from dwfc.errors import InputError
 from dwfc.export.stage import Original, export_original, export_outputs
 from dwfc.factorize import collapse_
+from dwfc.inputs import Inputs
 from dwfc.methods import method_class
 from dwfc.models import count_parameters, load_model_with_notes
 from dwfc.models.defaults import with_model_defaults
@@ -47,8 +50,11 @@ def _silent(event: str, info: dict) -> None:
     pass
 
 
-def plan_for(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ChannelPlan:
+def plan_for(model: torch.nn.Module, example: Inputs, recipe: Recipe) -> ChannelPlan:
     """The channel plan of a structure.kind=channel run, its target checked before training."""
+    if not isinstance(example, torch.Tensor):
+        raise InputError("structure.kind=channel takes models with one input tensor; this "
+                         f"one takes {', '.join(example)}: use structure.kind=none")  # fmt: skip
     cfg = recipe.structure
     channels = plan_channels(model, example, cfg.round_to, cfg.exclude)
     check_target(channels, cfg.target_speedup)
@@ -112,8 +118,13 @@ def compress(
         def measure(topk: int = 1) -> float:
             return evaluate(model, data.eval_loader, device, precision, topk)
 
+        def scores(stage: str) -> dict[str, float]:  # top-5 and F1, where the data has them
+            top5 = {f"{stage}_top5": measure(5)} if data.top5 else {}
+            f1 = {f"{stage}_f1": evaluate_f1(model, data.eval_loader, device, precision)}
+            return {**top5, **(f1 if data.f1 else {})}
+
         accuracy: dict[str, float | None] = {"original": measure()}
-        top5 = {"original_top5": measure(5)} if data.top5 else {}
+        extra = scores("original")
         timing["load_s"] = time.perf_counter() - started
 
         names = [p.name for p in planned]
@@ -137,8 +148,7 @@ def compress(
         accuracy.update(recalibrate_and_measure(
             model, recipe.sparsity.recalibrate_bn, data.train_loader, measure, device))  # fmt: skip
         accuracy["compressed_pytorch"] = measure()
-        if data.top5:
-            top5["compressed_pytorch_top5"] = measure(5)
+        extra.update(scores("compressed_pytorch"))
         layers = [] if channels else layer_rows(model, names)
         sparsity = None if channels else sparsity_summary(layers, recipe, outcome, total_params)
         structure = channel_summary(channels, model, example, recipe, outcome) if channels else None
@@ -154,15 +164,16 @@ def compress(
                 model, staging, names + aliases, example, data.eval_loader, data.train_loader,
                 recipe, sparsity, data.classes, original, structure, spec,
             )  # fmt: skip
-        accuracy.update(compressed_onnxruntime=exported.onnx_accuracy, **top5)
+        accuracy.update(compressed_onnxruntime=exported.onnx_accuracy, **extra)
         if exported.int8 is not None:
             accuracy["compressed_int8"] = exported.int8_accuracy
         timing["export_s"] = time.perf_counter() - export_started
         timing["total_s"] = time.perf_counter() - started
         report = build_report(
             model_path=model_path, recipe=recipe, notes=notes, total_params=total_params,
-            samples=data.samples, input_shape=list(example.shape[1:]),
-            input_dtype=str(example.dtype).removeprefix("torch."), device=device_name(device),
+            samples=data.samples, input_shape=inputs.sample_shape(example),
+            input_dtype=inputs.dtype_name(example),
+            input_names=inputs.names(inputs.ordered(model, example)), device=device_name(device),
             precision=precision.describe(), world_size=dist.world_size(), resumed=resume,
             outcome=outcome, layers=layers, sparsity=sparsity, structure=structure,
             accuracy=accuracy,

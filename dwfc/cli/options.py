@@ -20,7 +20,8 @@ def opt(help: str, *names: str) -> Any:
 # Flags that set one recipe key each: the option's parameter name -> the recipe key.
 RECIPE_FLAGS = {
     "depth": "factorize.depth", "target_sparsity": "sparsity.target", "data": "data.source",
-    "data_root": "data.root", "image_size": "data.image_size", "arch": "model.arch",
+    "data_root": "data.root", "eval_data": "data.eval_source", "image_size": "data.image_size",
+    "arch": "model.arch",
     "device": "train.device", "quantize": "export.quantize",
     "epochs": "train.epochs", "seed": "train.seed", "lr": "train.lr",
     "max_accuracy_drop": "gates.max_accuracy_drop", "min_sparsity": "gates.min_sparsity",
@@ -65,6 +66,9 @@ TargetSpeedupOpt = Annotated[
     float | None, opt("--structure channel: dense MACs / compressed MACs to reach.")
 ]
 RoundToOpt = Annotated[int | None, opt("--structure channel: keep multiples of this many.")]
-DataOpt = Annotated[str | None, opt("mnist5k, a data set name, or package.module:factory.")]
+DataOpt = Annotated[
+    str | None, opt("mnist5k, a data set name, text:FILE, or package.module:factory.")
+]
+EvalDataOpt = Annotated[str | None, opt("text data: the evaluation file (default: hold out 20%).")]
 DataRootOpt = Annotated[str | None, opt("Local folder of the data set.")]
 ImageSizeOpt = Annotated[int | None, opt("Resize (and centre-crop) images to this size.")]

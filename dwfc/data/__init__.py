@@ -1,6 +1,7 @@
 """Data sources, one module each, and their registry: the bundled MNIST subset (bundled.py),
-torchvision data sets and ImageFolder trees read from a local folder (torchvision_sets.py), or
-the user's own "package.module:factory" (factory.py).
+torchvision data sets and ImageFolder trees read from a local folder (torchvision_sets.py),
+tokenised text classification files, "text:FILE" (text.py), or the user's own
+"package.module:factory" (factory.py).
 
 The pipeline calls `load_run_data(recipe, device)` (loaders.py): the recipe's `data` section
 through `load_data_config`, the loaders, and the check that the model fits the data. See
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from torch.utils.data import Dataset
 
 from dwfc.config import DataConfig
-from dwfc.data import bundled, factory, torchvision_sets
+from dwfc.data import bundled, factory, text, torchvision_sets
 from dwfc.data.bundled import MNIST_MEAN, MNIST_STD, mnist5k
 from dwfc.data.describe import num_classes, sample_shape
 from dwfc.data.torchvision_sets import SOURCE
@@ -50,6 +51,8 @@ SOURCES: dict[str, Source] = {
     "mnist5k": bundled,
     **dict.fromkeys(torchvision_sets.SPECS, torchvision_sets),
 }
+# Sources that name a path after their prefix: "text:train.csv".
+PREFIXED: dict[str, Source] = {"text": text}  # type: ignore[dict-item]
 
 
 def _unknown_source(source: str) -> InputError:
@@ -64,13 +67,17 @@ def _unknown_source(source: str) -> InputError:
 def load_data_config(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """Return the (train, eval) pair of datasets that the recipe's `data` section describes.
 
-    `cfg.source` is, case-insensitively, one of `SOURCES` or "package.module:factory":
+    `cfg.source` is, case-insensitively, one of `SOURCES`, "text:FILE" or
+    "package.module:factory":
 
     - "mnist5k": the bundled subset; `cfg.options` go to `mnist5k` (split_seed); image_size,
       mean and std resize / renormalise it.
     - "mnist", "fashionmnist", "kmnist", "cifar10", "cifar100", "svhn": read by torchvision
       from `cfg.root` in its own format, never downloaded; "imagefolder": `<root>/train` and
       `<root>/val`. image_size, mean, std and augment default per data set (docs/data.md).
+    - "text:FILE" (CSV, TSV, JSON lines, Parquet) or "text:DIR" (save_to_disk): texts in
+      `cfg.text_columns` and labels in `cfg.label_column`, tokenised with `cfg.tokenizer`;
+      evaluation data from `cfg.eval_source`, else held out (docs/data.md).
     - "package.module:factory": called as `factory(**cfg.options)` (plus `root=cfg.root` when
       given); the factory's datasets bring their own transforms.
 
@@ -87,6 +94,11 @@ def load_data_config(cfg: DataConfig) -> tuple[Dataset, Dataset]:
 def source_of(cfg: DataConfig) -> Source:
     """The module that reads `cfg.source`."""
     source = cfg.source.strip()
+    prefix = source.split(":", 1)[0].lower()
+    if ":" in source and prefix in PREFIXED:
+        return PREFIXED[prefix]
+    if cfg.eval_source is not None:
+        raise InputError(f"data.eval_source applies to text data only, not to {source!r}")
     if ":" in source:
         return factory  # type: ignore[return-value]
     module = SOURCES.get(source.lower())
@@ -123,6 +135,12 @@ def load_data(source: str, **options: Any) -> tuple[Dataset, Dataset]:
     key = source.strip().lower()
     if key == "mnist5k":
         return bundled.split(**options)
+    if key.split(":", 1)[0] in PREFIXED:
+        try:
+            return load_data_config(DataConfig(source=source, **options))
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise InputError(f"{source}: option {first['loc'][0]}: {first['msg']}") from None
     if ":" in source:
         return factory.call_factory(source, options)
     if key not in SOURCES:

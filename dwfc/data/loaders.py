@@ -11,11 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from dwfc import inputs
 from dwfc.config import Recipe
 from dwfc.data import load_data_config
 from dwfc.data.describe import num_classes
 from dwfc.engine import distributed as dist
 from dwfc.errors import InputError, first_line
+from dwfc.inputs import Inputs
 
 TOP5_ABOVE_CLASSES = 10  # top-5 accuracy is reported for data sets with more classes
 
@@ -30,6 +32,10 @@ class RunData:
     eval_loader: DataLoader
     generator: torch.Generator
     classes: int | None
+
+    @property
+    def f1(self) -> bool:
+        return self.classes == 2
 
     @property
     def top5(self) -> bool:
@@ -65,7 +71,7 @@ def load_run_data(recipe: Recipe, device: torch.device) -> RunData:
     return RunData(train, test, train_loader, eval_loader, generator, num_classes(train))
 
 
-def check_fit(model: nn.Module, data: RunData) -> torch.Tensor:
+def check_fit(model: nn.Module, data: RunData) -> Inputs:
     """One forward pass on an evaluation batch, so mismatches fail before any training.
 
     Returns the batch (the ONNX export's example input and parity batch).
@@ -73,10 +79,10 @@ def check_fit(model: nn.Module, data: RunData) -> torch.Tensor:
     x, y = next(iter(data.eval_loader))
     try:
         with torch.no_grad():
-            logits = model.eval()(x)
+            logits = inputs.call(model.eval(), x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise InputError(
-            f"the model cannot take the data's input of shape {tuple(x.shape[1:])}: "
+            f"the model cannot take the data's input of shape {inputs.describe(x)}: "
             f"{first_line(exc)}"
         ) from None
     needed = max(data.classes or 0, int(y.max()) + 1)

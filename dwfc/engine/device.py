@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dwfc import inputs
 from dwfc.engine import distributed as dist
 from dwfc.errors import InputError
+from dwfc.inputs import Inputs
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -67,9 +69,9 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
-    def batch(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        x = x.to(device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
+    def batch(self, x: Inputs, device: torch.device) -> Inputs:
+        x = inputs.to(x, device, non_blocking=True)
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 

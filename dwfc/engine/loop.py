@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dwfc import inputs
 from dwfc.engine import distributed as dist
 from dwfc.engine.device import FP32, Precision
 from dwfc.errors import TrainingDiverged
+
+
+def _eval_batches(model: nn.Module, loader: DataLoader, device: torch.device,
+                  precision: Precision) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """(logits, labels) of every batch of `loader`, the model in eval mode under no_grad."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), precision.context(device):
+            for x, y in loader:
+                x, y = precision.batch(x, device), y.to(device)
+                yield inputs.call(model, x), y
+    finally:
+        model.train(was_training)
 
 
 def evaluate(
@@ -23,19 +38,26 @@ def evaluate(
     topk: int = 1,
 ) -> float:
     """Top-k accuracy (default top-1) of `model` over `loader`, as a fraction."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    with torch.no_grad(), precision.context(device):
-        for x, y in loader:
-            x, y = precision.batch(x, device), y.to(device)
-            logits = model(x)
-            k = min(topk, logits.shape[1])
-            hits = (logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(dim=1)
-            correct += int(hits.sum())
-            total += y.numel()
-    model.train(was_training)
+    for logits, y in _eval_batches(model, loader, device, precision):
+        k = min(topk, logits.shape[1])
+        hits = (logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(dim=1)
+        correct += int(hits.sum())
+        total += y.numel()
     return correct / total if total else 0.0
+
+
+def evaluate_f1(model: nn.Module, loader: DataLoader, device: torch.device,
+                precision: Precision = FP32, positive: int = 1) -> float:  # fmt: skip
+    """F1 score of class `positive` (two-class data): 2 TP / (2 TP + FP + FN); 0 when the
+    class is neither predicted nor present."""
+    tp = fp = fn = 0
+    for logits, y in _eval_batches(model, loader, device, precision):
+        pred, true = logits.argmax(dim=1) == positive, y == positive
+        tp += int((pred & true).sum())
+        fp += int((pred & ~true).sum())
+        fn += int((~pred & true).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 StepHook = Callable[[int], None]
@@ -81,7 +103,7 @@ def run_epoch(
         x, y = precision.batch(x, device), y.to(device, non_blocking=True)
         before_step(step)
         with precision.context(device):
-            logits = model(x)
+            logits = inputs.call(model, x)
             loss = F.cross_entropy(logits.float(), y)
         value = float(loss.detach())
         if dist.any_true(not math.isfinite(value), device):  # every rank restarts together

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
+from dwfc import inputs
 from dwfc._atomic import atomic_path
 from dwfc.errors import ExportCheckError, first_line
 from dwfc.export.onnx_file import full_check
@@ -52,13 +52,22 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _reader(batches: Iterable[Any], count: int) -> Any:
+def _input_names(path: _PathLike) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
+
+
+def _reader(batches: Iterable[Any], count: int, names: list[str]) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self.inputs = iter(batches)
             self.left = count
+            self.names = names
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             if self.left == 0:
@@ -68,7 +77,7 @@ def _reader(batches: Iterable[Any], count: int) -> Any:
                 return None
             self.left -= 1
             x = batch[0] if isinstance(batch, list | tuple) else batch
-            return {"input": torch.as_tensor(x).numpy()}  # in the model's own input dtype
+            return inputs.numpy_feed(x, self.names)  # in the model's own input dtype
 
     return Batches()
 
@@ -93,7 +102,7 @@ def quantize_int8(
                 if calibration is None:
                     raise ExportCheckError("static int8 quantization needs calibration batches")
                 quantize_static(
-                    str(src), str(tmp), _reader(calibration, batches),
+                    str(src), str(tmp), _reader(calibration, batches, _input_names(src)),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                 )  # fmt: skip

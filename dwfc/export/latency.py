@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from dwfc import inputs
 from dwfc.export.runtime import ort_session
+from dwfc.inputs import Inputs
 
 MIN_MEASURE_S = 0.02
 MAX_REPEATS = 200
@@ -57,14 +58,8 @@ def _repeats(session: object, feed: dict[str, np.ndarray]) -> int:
     return max(1, min(MAX_REPEATS, round(MIN_MEASURE_S / once)))
 
 
-def batch_of(samples: torch.Tensor, batch: int) -> np.ndarray:
-    """`batch` inputs taken from `samples` (repeated when there are fewer), dtype kept."""
-    reps = -(-batch // len(samples))
-    return samples.repeat(reps, *([1] * (samples.dim() - 1)))[:batch].cpu().numpy()
-
-
 def measure_latency(
-    models: Mapping[str, os.PathLike[str] | str], samples: torch.Tensor,
+    models: Mapping[str, os.PathLike[str] | str], samples: Inputs,
     batches: Sequence[int], rounds: int,
 ) -> list[LatencyRow]:  # fmt: skip
     """Latency rows for every model, batch size and thread setting (`THREADS`), on inputs
@@ -79,8 +74,8 @@ def measure_latency(
                     for label, path in models.items()}  # fmt: skip
         labels = list(sessions)
         for batch in batches:
-            x = batch_of(samples, batch)
-            feeds = {label: {s.get_inputs()[0].name: x} for label, s in sessions.items()}
+            x = inputs.repeat_to(samples, batch)
+            feeds = {label: inputs.feed(s, x) for label, s in sessions.items()}
             repeats = {label: _repeats(s, feeds[label]) for label, s in sessions.items()}
             times: dict[str, list[float]] = {label: [] for label in labels}
             for r in range(rounds):

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from dwfc import inputs
 from dwfc._atomic import atomic_path
 from dwfc.errors import ExportCheckError, InputError, first_line
 from dwfc.export.runtime import eval_mode, model_device, ort_session
 from dwfc.export.sparse_file import existing_file
+from dwfc.inputs import Inputs
 
 SPARSE_ONNX_NOTE = (
     "onnxruntime expands sparse initializers to dense tensors when it loads the model: the file "
@@ -66,40 +68,48 @@ def _no_attention_fastpath() -> Iterator[None]:
 
 
 SPATIAL_AXES = {2: "height", 3: "width"}  # of image input (N, C, H, W), dynamic where it works
+SEQUENCE_AXES = {1: "sequence"}  # of named (tokenised) inputs (N, L): always dynamic
 
 
 def export_onnx(
-    model: nn.Module, example_input: torch.Tensor, path: _PathLike, opset: int = 17,
+    model: nn.Module, example_input: Inputs, path: _PathLike, opset: int = 17,
     dynamic_spatial: bool = False, metadata: Mapping[str, str] | None = None,
 ) -> None:  # fmt: skip
     """Export `model` (eval mode, no grad) to ONNX with a dynamic batch axis, then check it.
 
-    Input is named "input", output "output". `dynamic_spatial` also makes the height and width
-    of a 4-D input dynamic (only right for models that run at any size: `spatial_sizes_work`
-    tells). `metadata` goes into the file's `metadata_props`. The file only appears at `path`
-    once `onnx.checker.check_model(full_check=True)` accepts it; failures raise
-    ExportCheckError. The model's train/eval mode is restored afterwards.
+    One input tensor is named "input"; named inputs (tokenised text) keep their names, in the
+    order of the model's forward signature, with dynamic batch and sequence axes. The output is
+    "output". `dynamic_spatial` also makes the height and width of a 4-D input dynamic (only
+    right for models that run at any size: `spatial_sizes_work` tells). `metadata` goes into the
+    file's `metadata_props`. The file only appears at `path` once
+    `onnx.checker.check_model(full_check=True)` accepts it; failures raise ExportCheckError.
+    The model's train/eval mode is restored afterwards.
 
     Example:
         export_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")
+        export_onnx(bert, {"input_ids": ids, "attention_mask": mask}, "bert.onnx")
     """
 
-    x = example_input.to(model_device(model))
-    axes: dict[int, str] = {0: "batch"}
-    if dynamic_spatial and x.dim() == 4:
-        axes.update(SPATIAL_AXES)
+    x = inputs.ordered(model, inputs.to(example_input, model_device(model)))
+    if isinstance(x, Mapping):
+        names, args = list(x), tuple(x.values())
+        axes = {name: {0: "batch", **SEQUENCE_AXES} for name in names}
+    else:
+        spatial = SPATIAL_AXES if dynamic_spatial and x.dim() == 4 else {}
+        names, args = [inputs.TENSOR_NAME], (x,)
+        axes = {inputs.TENSOR_NAME: {0: "batch", **spatial}}
     with eval_mode(model), _no_attention_fastpath(), atomic_path(path) as tmp:
         try:
             with warnings.catch_warnings(), _silenced():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     model,
-                    (x,),
+                    args,
                     str(tmp),
                     dynamo=False,
-                    input_names=["input"],
+                    input_names=names,
                     output_names=["output"],
-                    dynamic_axes={"input": axes, "output": {0: "batch"}},
+                    dynamic_axes={**axes, "output": {0: "batch"}},
                     opset_version=opset,
                 )
         except Exception as exc:

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dwfc import inputs
 from dwfc.errors import ExportCheckError, InputError, first_line
 from dwfc.export.sparse_file import existing_file
+from dwfc.inputs import Inputs
 
 _PathLike = str | os.PathLike[str]
 
@@ -62,12 +64,15 @@ def ort_session(path: _PathLike, threads: int = 0, quiet: bool = False,
         raise InputError(f"{p}: onnxruntime cannot load it ({first_line(exc)})") from exc
 
 
-def _run(session: Any, x: torch.Tensor) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: x.detach().cpu().numpy()})[0]
+def _run(session: Any, x: Inputs) -> np.ndarray:
+    try:
+        feed = inputs.feed(session, x)
+    except ValueError as exc:
+        raise ExportCheckError(str(exc)) from None
+    return session.run(None, feed)[0]
 
 
-def onnx_outputs(path: _PathLike, batch: torch.Tensor) -> np.ndarray:
+def onnx_outputs(path: _PathLike, batch: Inputs) -> np.ndarray:
     """The first output of the ONNX model at `path` for `batch`, run on onnxruntime's CPU.
 
     Example:
@@ -85,7 +90,7 @@ def max_abs_diff(got: np.ndarray, want: np.ndarray, what: str) -> float:
     return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
 
 
-def onnx_max_abs_diff(path: _PathLike, model: nn.Module, batch: torch.Tensor) -> float:
+def onnx_max_abs_diff(path: _PathLike, model: nn.Module, batch: Inputs) -> float:
     """Max |onnxruntime(batch) - model(batch)| over all outputs, the model in eval mode.
 
     Example:
@@ -93,11 +98,11 @@ def onnx_max_abs_diff(path: _PathLike, model: nn.Module, batch: torch.Tensor) ->
     """
     got = onnx_outputs(path, batch)
     with eval_mode(model):
-        want = model(batch.to(model_device(model))).detach().cpu().numpy()
+        want = inputs.call(model, inputs.to(batch, model_device(model))).detach().cpu().numpy()
     return max_abs_diff(got, want, f"{path}: ONNX vs PyTorch")
 
 
-def check_parity(path: _PathLike, model: nn.Module, batch: torch.Tensor, tolerance: float) -> float:
+def check_parity(path: _PathLike, model: nn.Module, batch: Inputs, tolerance: float) -> float:
     """`onnx_max_abs_diff`, an ExportCheckError when it exceeds `tolerance`; returns it."""
     diff = onnx_max_abs_diff(path, model, batch)
     if not diff <= tolerance:
@@ -125,11 +130,11 @@ def onnx_accuracy(path: _PathLike, loader: Iterable[Any]) -> float:
     return correct / total
 
 
-def spatial_sizes_work(path: _PathLike, model: nn.Module, example: torch.Tensor,
+def spatial_sizes_work(path: _PathLike, model: nn.Module, example: Inputs,
                        tolerance: float) -> bool:  # fmt: skip
     """Whether the ONNX model at `path`, exported with dynamic height and width, runs on a larger
     image and matches PyTorch there (false for models with a fixed-size flatten, say)."""
-    if example.dim() != 4:
+    if not isinstance(example, torch.Tensor) or example.dim() != 4:
         return False
     n, c, h, w = example.shape
     x = torch.randn(min(n, 2), c, h + 16, w + 16, generator=torch.Generator().manual_seed(0))

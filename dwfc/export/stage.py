@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dwfc import inputs
 from dwfc._version import __version__
 from dwfc.config import Recipe
 from dwfc.data import normalization
@@ -24,6 +25,7 @@ from dwfc.errors import ExportCheckError, first_line
 from dwfc.export.int8 import pruned_zeros_kept, quantize_int8
 from dwfc.export.latency import cores, cpu_name, measure_latency, onnxruntime_version
 from dwfc.export.onnx_file import (
+    SEQUENCE_AXES,
     SPARSE_ONNX_NOTE,
     SPATIAL_AXES,
     export_onnx,
@@ -47,6 +49,7 @@ from dwfc.export.sparse_file import (
     save_sparse,
     tensor_digests,
 )
+from dwfc.inputs import Inputs
 from dwfc.models import hf
 from dwfc.outputs import HF_MODEL, INT8_ONNX, ONNX, SAFETENSORS, SPARSE_ONNX
 from dwfc.report.format import jsonable
@@ -78,7 +81,7 @@ class ExportJob:
     model: nn.Module  # collapsed, sparse
     folder: Path  # the staging folder
     sparse_keys: list[str]  # the state-dict keys stored sparse (every name of a tied weight)
-    example: torch.Tensor  # an evaluation batch: the ONNX example input and parity batch
+    example: Inputs  # an evaluation batch: the ONNX example input and parity batch
     eval_loader: DataLoader
     train_loader: DataLoader  # static int8 calibrates on it
     recipe: Recipe
@@ -112,6 +115,7 @@ def write_safetensors(job: ExportJob) -> None:
 
 def onnx_metadata(job: ExportJob) -> dict[str, str]:
     """The `metadata_props` of every ONNX file: enough for a deployment to feed the model."""
+    names = inputs.names(inputs.ordered(job.model, job.example))
     norm = normalization(job.recipe.data)
     measured = ({"dwfc.sparsity": f"{job.sparsity.achieved:.6f}"} if job.sparsity is not None
                 else {"dwfc.structure": job.recipe.structure.kind})  # fmt: skip
@@ -119,8 +123,9 @@ def onnx_metadata(job: ExportJob) -> dict[str, str]:
         measured["dwfc.speedup"] = f"{job.structure.speedup:.4f}"
     return {
         "dwfc.version": __version__, "dwfc.method": job.recipe.sparsity.method, **measured,
-        "dwfc.input_shape": json.dumps(list(job.example.shape[1:])),
-        "dwfc.input_dtype": str(job.example.dtype).removeprefix("torch."),
+        "dwfc.input_shape": json.dumps(inputs.sample_shape(job.example)),
+        "dwfc.input_dtype": inputs.dtype_name(job.example),
+        **({"dwfc.input_names": json.dumps(names)} if names else {}),
         "dwfc.mean": json.dumps(norm[0] if norm else None),
         "dwfc.std": json.dumps(norm[1] if norm else None),
         "dwfc.num_classes": json.dumps(job.classes),
@@ -129,21 +134,27 @@ def onnx_metadata(job: ExportJob) -> dict[str, str]:
 
 def write_onnx(job: ExportJob) -> None:
     """model.onnx: full checker, parity with PyTorch in onnxruntime, onnxruntime accuracy; the
-    height and width of image input stay dynamic where the model runs at any size."""
+    height and width of image input stay dynamic where the model runs at any size, the sequence
+    axis of tokenised input always."""
     cfg = job.recipe.export
     if not cfg.onnx:
         return
     path = job.folder / ONNX
     cpu_model = job.model.to("cpu").eval()
     metadata = onnx_metadata(job)
-    spatial = job.example.dim() == 4 and _exports_with_any_size(job, cpu_model, path, metadata)
+    example = job.example
+    spatial = (isinstance(example, torch.Tensor) and example.dim() == 4
+               and _exports_with_any_size(job, cpu_model, path, metadata))  # fmt: skip
     if not spatial:
-        export_onnx(cpu_model, job.example[:1], path, cfg.opset, False, metadata)
+        export_onnx(cpu_model, inputs.take(example, 1), path, cfg.opset, False, metadata)
+    dynamic = ["batch", *SPATIAL_AXES.values()] if spatial else ["batch"]
+    if inputs.names(example):
+        dynamic += SEQUENCE_AXES.values()
     diff = check_parity(path, cpu_model, job.example, cfg.parity_tolerance)
     job.result.onnx = OnnxInfo(
         max_abs_diff=diff, tolerance=cfg.parity_tolerance, checker="passed", opset=cfg.opset,
         sparse_variant=None, sparse_variant_note=None, full_check="passed",
-        dynamic_axes=["batch", *SPATIAL_AXES.values()] if spatial else ["batch"],
+        dynamic_axes=dynamic,
         metadata=metadata,
     )  # fmt: skip
     job.result.onnx_accuracy = onnx_accuracy(path, job.eval_loader)
@@ -155,7 +166,7 @@ def _exports_with_any_size(job: ExportJob, model: nn.Module, path: Path,
     e.g. adaptive pooling to a fixed grid, or not match PyTorch at another size)."""
     cfg = job.recipe.export
     try:
-        export_onnx(model, job.example[:1], path, cfg.opset, True, metadata)
+        export_onnx(model, inputs.take(job.example, 1), path, cfg.opset, True, metadata)
     except ExportCheckError:
         return False
     return spatial_sizes_work(path, model, job.example, cfg.parity_tolerance)
@@ -207,7 +218,8 @@ def write_hf_model(job: ExportJob) -> None:
     job.model.save_pretrained(folder)
     reloaded, _ = hf.load(folder)
     with torch.no_grad():
-        same = torch.equal(job.model.eval()(job.example), reloaded(job.example))
+        same = torch.equal(inputs.call(job.model.eval(), job.example),
+                           inputs.call(reloaded, job.example))  # fmt: skip
     if not same:
         raise ExportCheckError(f"{HF_MODEL}/ loaded back by transformers gives other logits")
 
@@ -231,7 +243,7 @@ class Original:
     problem: str | None = None
 
 
-def export_original(model: nn.Module, example: torch.Tensor, recipe: Recipe) -> Original:
+def export_original(model: nn.Module, example: Inputs, recipe: Recipe) -> Original:
     """Export the model before compression, when latency is measured; a model that does not
     export is not an error here (the compressed one will say so), only a note."""
     if not (recipe.export.onnx and recipe.export.latency):
@@ -239,7 +251,7 @@ def export_original(model: nn.Module, example: torch.Tensor, recipe: Recipe) -> 
     folder = Path(tempfile.mkdtemp(prefix="dwfc-original-"))
     path = folder / "original.onnx"
     try:
-        export_onnx(model.to("cpu").eval(), example[:1], path, recipe.export.opset)
+        export_onnx(model.to("cpu").eval(), inputs.take(example, 1), path, recipe.export.opset)
     except ExportCheckError as exc:
         return Original(folder, None, f"the original model was not measured: {exc}")
     return Original(folder, path)
@@ -266,7 +278,7 @@ def measure(job: ExportJob) -> LatencyInfo | None:
 
 
 def export_outputs(
-    model: nn.Module, folder: Path, sparse_keys: list[str], example: torch.Tensor,
+    model: nn.Module, folder: Path, sparse_keys: list[str], example: Inputs,
     eval_loader: DataLoader, train_loader: DataLoader, recipe: Recipe,
     sparsity: SparsityInfo | None, classes: int | None, original: Original,
     structure: StructureInfo | None = None, pruned: PrunedSpec | None = None,

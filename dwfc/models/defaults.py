@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from dwfc.config import Recipe
+from dwfc.data import text
 from dwfc.models import hf, timm_models
 
 
@@ -20,6 +21,8 @@ def _input_channels(model: nn.Module) -> int | None:
 
 
 def _data_defaults(recipe: Recipe, model: nn.Module) -> tuple[dict[str, Any], str]:
+    if isinstance(model, hf.HFTextClassifier):
+        return model.data_defaults(), "the Hugging Face model directory"
     if isinstance(model, hf.HFClassifier):
         return model.data_defaults(), "the Hugging Face image processor"
     if timm_models.is_timm(recipe.model.arch):
@@ -31,11 +34,14 @@ def with_model_defaults(recipe: Recipe, model: nn.Module) -> tuple[Recipe, list[
     """`recipe` with the unset keys the model has defaults for, and a note of each.
 
     Data: `data.image_size`, `data.mean` and `data.std` (mean and std only together, and only
-    with one value per input channel of the model). Hugging Face models: `factorize.exclude`
-    gets the embeddings and the classification head, unless include or exclude is set.
+    with one value per input channel of the model); for text data, `data.tokenizer`. Hugging
+    Face models: `factorize.exclude` gets the embeddings, the pooler and the classification
+    head, unless include or exclude is set.
     """
     defaults, origin = _data_defaults(recipe, model)
     data, update, notes = recipe.data, {}, []
+    if data.tokenizer is None and "tokenizer" in defaults and text.is_text(data.source):
+        update["tokenizer"] = defaults["tokenizer"]
     if data.image_size is None and "image_size" in defaults:
         update["image_size"] = defaults["image_size"]
     if data.mean is None and data.std is None and "mean" in defaults:
@@ -52,7 +58,7 @@ def with_model_defaults(recipe: Recipe, model: nn.Module) -> tuple[Recipe, list[
     fc = recipe.factorize
     if isinstance(model, hf.HFClassifier) and not fc.include and not fc.exclude:
         exclude = model.default_exclude()
-        notes.append(f"factorize.exclude={exclude}: embeddings and the head are factorized only "
-                     "when asked (set factorize.include or exclude)")  # fmt: skip
+        notes.append(f"factorize.exclude={exclude}: embeddings, pooler and head are factorized "
+                     "only when asked (set factorize.include or exclude)")  # fmt: skip
         recipe = recipe.model_copy(update={"factorize": fc.model_copy(update={"exclude": exclude})})
     return recipe, notes

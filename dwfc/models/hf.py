@@ -1,14 +1,13 @@
 """Hugging Face models: a directory written by `save_pretrained` (config.json, the weights, the
-image processor's files) is loaded with its `AutoModelFor...` class from local files only, and
-wrapped so that the pipeline sees a module from pixels to logits. Needs the `hf` extra:
-pip install 'dwfc[hf]'.
-
-Image classification (`...ForImageClassification`) is supported; sequence classification needs
-text data, which dwfc does not read yet (docs/models.md).
+tokenizer's or image processor's files) is loaded with its `AutoModelFor...` class from local
+files only, and wrapped so that the pipeline sees a module to logits: from pixels for image
+classification, from named token inputs (input_ids, attention_mask, ...) for sequence
+classification. Needs the `hf` extra: pip install 'dwfc[hf]' (docs/models.md).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 from pathlib import Path
@@ -16,16 +15,17 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dwfc.errors import InputError
+from dwfc.errors import InputError, first_line
 
 CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
            "pytorch_model.bin.index.json")  # fmt: skip
 PROCESSOR = "preprocessor_config.json"
-HEADS = {"ForImageClassification": "AutoModelForImageClassification"}
-LATER = {"ForSequenceClassification": "text data, which dwfc does not read yet"}
+HEADS = {"ForImageClassification": "AutoModelForImageClassification",
+         "ForSequenceClassification": "AutoModelForSequenceClassification"}  # fmt: skip
 EXTRA_FILES = (PROCESSOR, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "vocab.txt", "generation_config.json")  # fmt: skip
+               "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+               "added_tokens.json", "generation_config.json")  # fmt: skip
 PREFIX = "hf"  # the wrapper's attribute: state-dict keys read "hf.<the model's own key>"
 
 
@@ -34,7 +34,7 @@ def is_hf_dir(path: Path) -> bool:
 
 
 class HFClassifier(nn.Module):
-    """A Hugging Face classification model as `pixels -> logits`; `source` is its directory."""
+    """A Hugging Face image classifier as `pixels -> logits`; `source` is its directory."""
 
     def __init__(self, model: nn.Module, source: Path) -> None:
         super().__init__()
@@ -45,10 +45,13 @@ class HFClassifier(nn.Module):
         return self.hf(pixel_values=x).logits
 
     def default_exclude(self) -> list[str]:
-        """The weights factorized only when asked: embeddings and the classification head."""
+        """The weights factorized only when asked: embeddings, the pooler and the head."""
         base = getattr(self.hf, "base_model_prefix", "")
         heads = [name for name, _ in self.hf.named_children() if name != base]
-        return [f"{PREFIX}.*embeddings*", *(f"{PREFIX}.{h}.*" for h in heads)]
+        patterns = [f"{PREFIX}.*embeddings*", f"{PREFIX}.*pooler*",
+                    *(f"{PREFIX}.{h}.*" for h in heads)]  # fmt: skip
+        names = [name for name, _ in self.named_parameters()]
+        return [p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)]
 
     def data_defaults(self) -> dict[str, Any]:
         """image_size, mean and std from the image processor's files, where it has them."""
@@ -74,7 +77,26 @@ class HFClassifier(nn.Module):
                 shutil.copy2(self.source / name, folder / name)
 
 
-def _transformers(path: Path) -> Any:
+class HFTextClassifier(HFClassifier):
+    """A Hugging Face sequence classifier as `(input_ids, attention_mask, token_type_ids) ->
+    logits`, the inputs its tokenizer gives (the ONNX model takes them by these names)."""
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,  # type: ignore[override]
+                token_type_ids: Tensor | None = None) -> Tensor:  # fmt: skip
+        named = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.hf(input_ids=input_ids, **{k: v for k, v in named.items()
+                                               if v is not None}).logits  # fmt: skip
+
+    def data_defaults(self) -> dict[str, Any]:
+        """The tokenizer: the model directory's own."""
+        return {"tokenizer": str(self.source)}
+
+
+WRAPPERS = {"ForImageClassification": HFClassifier, "ForSequenceClassification": HFTextClassifier}
+
+
+def transformers_or_error(path: Path) -> Any:
+    """The transformers module, quiet; an InputError naming `path` when it is not installed."""
     try:
         import transformers
     except ImportError:
@@ -87,32 +109,26 @@ def _transformers(path: Path) -> Any:
 
 def load(path: Path) -> tuple[HFClassifier, list[str]]:
     """The classifier in the `save_pretrained` directory `path`, from local files only."""
-    transformers = _transformers(path)
+    transformers = transformers_or_error(path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a Hugging Face model directory ({_first(e)})") from None
+        raise InputError(f"{path}: not a Hugging Face model directory ({first_line(e)})") from None
     names = list(getattr(config, "architectures", None) or [])
     if not names:
+        heads = " or ".join("..." + h for h in HEADS)
         raise InputError(f"{path}/{CONFIG} names no architecture: save the model with "
-                         "save_pretrained from a ...ForImageClassification class")  # fmt: skip
+                         f"save_pretrained from a {heads} class")  # fmt: skip
     head = next((suffix for suffix in HEADS if names[0].endswith(suffix)), None)
     if head is None:
-        later = next((why for suffix, why in LATER.items() if names[0].endswith(suffix)), None)
-        why = f"it needs {later}" if later else "not a classification model"
-        raise InputError(f"{path}: {names[0]} has no supported head ({why}); dwfc takes "
-                         f"{', '.join('...' + s for s in HEADS)}")  # fmt: skip
+        raise InputError(f"{path}: {names[0]} has no supported head (not a classification "
+                         f"model); dwfc takes {', '.join('...' + s for s in HEADS)}")  # fmt: skip
     if not any((path / w).is_file() for w in WEIGHTS):
         raise InputError(f"{path}: no weights file ({' or '.join(WEIGHTS[::2])})")
     auto = getattr(transformers, HEADS[head])
     try:
         model = auto.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise InputError(f"{path}: cannot load {names[0]}: {_first(e)}") from None
+        raise InputError(f"{path}: cannot load {names[0]}: {first_line(e)}") from None
     notes = [f"{names[0]} loaded from {path} with transformers.{HEADS[head]} (local files only)"]
-    return HFClassifier(model.eval(), path), notes
-
-
-def _first(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return WRAPPERS[head](model.eval(), path), notes

@@ -195,6 +195,11 @@ def _gates_section(r: RunReport) -> str:
             + f"\n\n{note}")
 
 
+def _score(x: float | None) -> str:
+    v = num(x)
+    return DASH if v is None else f"{v:.3f}"
+
+
 def _accuracy_section(r: RunReport) -> str:
     acc = r.accuracy or AccuracyInfo()
     stages = [("original", "Original"), ("before_cut", "Before cut"), ("after_cut", "After cut"),
@@ -215,6 +220,12 @@ def _accuracy_section(r: RunReport) -> str:
         rows.append([label, pct(v), "" if key == "original" else delta])
     n = (r.data or DataInfo()).eval_samples
     note = f"\n\nEvaluated on {count(n)} samples." if num(n) is not None else ""
+    if acc.original_top5 is not None or acc.compressed_pytorch_top5 is not None:
+        note += (f" Top-5 accuracy (PyTorch): original {pct(acc.original_top5)}, compressed "
+                 f"{pct(acc.compressed_pytorch_top5)}.")  # fmt: skip
+    if acc.original_f1 is not None or acc.compressed_pytorch_f1 is not None:
+        note += (f" F1 score of class 1 (PyTorch): original {_score(acc.original_f1)}, "
+                 f"compressed {_score(acc.compressed_pytorch_f1)}.")  # fmt: skip
     return "## Accuracy\n\n" + table(["Stage", "Accuracy", "Δ vs original"], rows) + note
 
 
@@ -325,7 +336,8 @@ def _run_section(r: RunReport) -> str:
         ["Precision", text(r.precision)],
         ["Processes (world size)", count(r.world_size)],
         ["Resumed from a checkpoint", yes_no(r.resumed)],
-        ["Input shape (one sample)", shape(r.input_shape) + (f" ({text(dtype)})" if dtype else "")],
+        ["Input shape (one sample)", shape(r.input_shape) + (f" ({text(dtype)})" if dtype else "")
+         + (f", inputs {', '.join(code(n) for n in r.input_names)}" if r.input_names else "")],
         ["Data", code(data.source) + counts],
     ]
     return "## Run\n\n" + table(["Setting", "Value"], rows, align="ll")

@@ -139,6 +139,8 @@ class AccuracyInfo(_Section):
     compressed_int8: float | None = _doc("model.int8.onnx in onnxruntime")
     original_top5: float | None = _doc("data with more than 10 classes")
     compressed_pytorch_top5: float | None = None
+    original_f1: float | None = _doc("two-class data: F1 score of class 1")
+    compressed_pytorch_f1: float | None = None
 
 
 class OnnxInfo(_Section):
@@ -225,8 +227,9 @@ class RunReport(_Section):
     rank: int | None = None  # set only on torchrun ranks other than 0, which write nothing
     model: ModelInfo | None = None
     data: DataInfo | None = None
-    input_shape: list[int] | None = None
+    input_shape: list[int] | None = None  # of one sample; every named input has this shape
     input_dtype: str | None = None
+    input_names: list[str] | None = None  # named inputs (tokenised text); None: one tensor
     device: str | None = None
     precision: str | None = None
     world_size: int | None = None

@@ -11,12 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dwfc import inputs
 from dwfc.config import ExportConfig
 from dwfc.engine.loop import evaluate
 from dwfc.errors import first_line
 from dwfc.export.int8 import pruned_zeros_kept
 from dwfc.export.onnx_file import full_check
 from dwfc.export.runtime import max_abs_diff, onnx_accuracy, onnx_outputs
+from dwfc.inputs import Inputs
 from dwfc.outputs import INT8_ONNX, ONNX, REPORT_JSON, SPARSE_ONNX
 from dwfc.report.schema import AccuracyInfo
 from dwfc.verify.state import Fail, Run, Skip
@@ -42,12 +44,12 @@ def _eval_set(run: Run) -> Dataset:
     return run.eval_set
 
 
-def _input_batch(run: Run, path: Path) -> torch.Tensor:
+def _input_batch(run: Run, path: Path) -> Inputs:
     if run.batch is not None:
         return run.batch
     if run.data_source is not None:
         x, _ = next(iter(DataLoader(_eval_set(run), batch_size=run.batch_size)))
-        run.batch = torch.as_tensor(x, dtype=torch.float32)
+        run.batch = x if isinstance(x, dict) else torch.as_tensor(x, dtype=torch.float32)
         return run.batch
     shape = run.report.input_shape
     if shape is None:  # fall back to the ONNX graph: only the batch is dynamic
@@ -56,12 +58,13 @@ def _input_batch(run: Run, path: Path) -> torch.Tensor:
             raise Fail(f'no input shape: {REPORT_JSON} has no "input_shape", ONNX input is '
                         "dynamic")  # fmt: skip
         shape = dims
-    generator = torch.Generator().manual_seed(_SEED)
-    run.batch = torch.randn(run.batch_size, *shape, generator=generator)
+    report = run.report
+    run.batch = inputs.synthetic(shape, report.input_dtype or "float32", report.input_names,
+                                 run.batch_size, _SEED)  # fmt: skip
     return run.batch
 
 
-def _ort_outputs(path: Path, run: Run, full: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+def _ort_outputs(path: Path, run: Run, full: bool = True) -> tuple[np.ndarray, Inputs]:
     """onnxruntime's outputs on the check batch, once the file passes onnx.checker (with its
     full check, unless `full` is off)."""
     problem = full_check(path, full)
@@ -84,7 +87,7 @@ def check_onnx(run: Run) -> str:
         raise Skip("the run wrote no ONNX model (export.onnx was off)")
     got, batch = _ort_outputs(run.out / ONNX, run)
     run.onnx_out = got
-    reference = _reference_diff(run.out / ONNX, batch[:REFERENCE_SAMPLES], got)
+    reference = _reference_diff(run.out / ONNX, inputs.take(batch, REFERENCE_SAMPLES), got)
     if not reference <= _tolerance(run):
         raise Fail(f"onnx.reference.ReferenceEvaluator differs from onnxruntime by "
                    f"{reference:.3g}")  # fmt: skip
@@ -94,9 +97,9 @@ def check_onnx(run: Run) -> str:
     checked = (f"passes onnx.checker's full check; the reference evaluator agrees with "
                f"onnxruntime ({reference:.3g})" + ("; metadata as recorded" if recorded else ""))
     if run.model is None:
-        return f"{checked}; runs on {len(batch)} inputs; no model to compare"
+        return f"{checked}; runs on {inputs.count(batch)} inputs; no model to compare"
     with torch.no_grad():
-        want = run.model(batch).numpy()
+        want = inputs.call(run.model, batch).numpy()
     diff = max_abs_diff(got, want, f"{ONNX} vs PyTorch")
     tolerance = _tolerance(run)
     if not diff <= tolerance:
@@ -115,15 +118,17 @@ def _tolerance(run: Run) -> float:
     return recorded if recorded is not None else ExportConfig().parity_tolerance
 
 
-def _reference_diff(path: Path, batch: torch.Tensor, ort_out: np.ndarray) -> float:
+def _reference_diff(path: Path, batch: Inputs, ort_out: np.ndarray) -> float:
     from onnx.reference import ReferenceEvaluator
 
     try:
-        (ref,) = ReferenceEvaluator(str(path)).run(None, {"input": batch.numpy()})[:1]
+        evaluator = ReferenceEvaluator(str(path))
+        (ref,) = evaluator.run(None, inputs.numpy_feed(batch, list(evaluator.input_names)))[:1]
     except Exception as exc:
         raise Fail(f"onnx.reference.ReferenceEvaluator cannot run {path.name}: "
                    f"{first_line(exc)}") from None  # fmt: skip
-    return max_abs_diff(np.asarray(ref), ort_out[: len(batch)], "reference vs onnxruntime")
+    return max_abs_diff(np.asarray(ref), ort_out[: inputs.count(batch)],
+                        "reference vs onnxruntime")  # fmt: skip
 
 
 def check_sparse_onnx(run: Run) -> str:
@@ -162,7 +167,8 @@ def check_int8(run: Run) -> str:
             else "no pruned weight was quantized")  # fmt: skip
     floats = f"; {len(zeros.left_float)} sparse weights left in float, unchanged" if (
         zeros.left_float) else ""
-    return f"passes onnx.checker's full check; {kept}{floats}; runs on {len(batch)} inputs"
+    return (f"passes onnx.checker's full check; {kept}{floats}; runs on {inputs.count(batch)} "
+            "inputs")  # fmt: skip
 
 
 def check_accuracy(run: Run) -> str:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dwfc.config import Recipe
+from dwfc.inputs import Inputs
 from dwfc.outputs import INT8_ONNX, SAFETENSORS, SPARSE_ONNX
 from dwfc.report.schema import OnnxInfo, RunReport
 
@@ -39,7 +40,7 @@ class Run:
     model: nn.Module | None = None
     recipe: Recipe | None = None
     eval_set: Dataset | None = None
-    batch: torch.Tensor | None = None
+    batch: Inputs | None = None
     onnx_out: np.ndarray | None = None
 
     @property
