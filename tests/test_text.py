@@ -158,3 +158,31 @@ def test_channel_structure_refuses_text_models(world: dict[str, Path], tmp_path:
                     "--quiet")  # fmt: skip
     assert_one_line_error(result, "one input tensor", "input_ids")
     assert not (tmp_path / "o").exists()
+
+
+def test_labels_are_class_numbers_or_names(world: dict[str, Path], tmp_path: Path) -> None:
+    from dwfc.data import load_data
+    from dwfc.errors import InputError
+
+    whole = tmp_path / "whole.csv"  # a column with a gap reads as floats: 1.0 is class 1
+    whole.write_text("text,label\ngood day,1\nbad day,0\nfine film,1.0\ndull film,0\n")
+    train, test = load_data(f"text:{whole}", tokenizer=str(world["model"]))
+    assert sorted(int(y) for ds in (train, test) for _, y in ds) == [0, 0, 1, 1]
+    half = tmp_path / "half.csv"
+    half.write_text("text,label\ngood day,1\nbad day,0.5\n")
+    with pytest.raises(InputError, match="holds 0.5"):
+        load_data(f"text:{half}", tokenizer=str(world["model"]))
+    unseen = tmp_path / "unseen.csv"
+    unseen.write_text("text,label\nok,maybe\n")
+    named = tmp_path / "named.csv"
+    named.write_text("text,label\ngood,pos\nbad,neg\n")
+    with pytest.raises(InputError, match="not in the training data"):
+        load_data(f"text:{named}", tokenizer=str(world["model"]), eval_source=str(unseen))
+
+
+def test_flag_values_reach_the_recipe_verbatim() -> None:
+    from dwfc.cli.options import flag_overrides
+    from dwfc.config import load_recipe
+
+    recipe = load_recipe("default", flag_overrides(data="text: my file.csv", eval_data="yes"))
+    assert (recipe.data.source, recipe.data.eval_source) == ("text: my file.csv", "yes")

@@ -7,6 +7,7 @@ are shown with the flag instead (dwfc/cli/text.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,8 +41,10 @@ PREFIX_FLAGS = {"model.arch_kwargs.": "--arch-kwarg "}
 
 
 def flag_overrides(**flags: Any) -> list[str]:
-    """`key=value` overrides for the flags given (None: not given)."""
-    return [f"{RECIPE_FLAGS[name]}={value}" for name, value in flags.items() if value is not None]
+    """`key=value` overrides for the flags given (None: not given); strings stay strings (as
+    JSON, which YAML reads verbatim), so that "text: a.csv" or "yes" is not read as YAML."""
+    return [f"{RECIPE_FLAGS[name]}={json.dumps(value) if isinstance(value, str) else value}"
+            for name, value in flags.items() if value is not None]  # fmt: skip
 
 
 Overrides = Annotated[

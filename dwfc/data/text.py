@@ -61,9 +61,10 @@ def _datasets() -> Any:
 
 
 def _path(source: str) -> Path:
-    path = Path(source.strip()[len(PREFIX):] if is_text(source) else source.strip()).expanduser()
-    if not str(path) or str(path) == ".":
+    name = source.strip()[len(PREFIX):] if is_text(source) else source.strip()
+    if not name.strip():
         raise InputError(f"{source!r}: name the file, as text:path/to/train.csv")
+    path = Path(name.strip()).expanduser()
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     return path
@@ -96,6 +97,8 @@ def _splits(cfg: DataConfig) -> tuple[Any, Any, str]:
     datasets = _datasets()
     path = _path(cfg.source)
     table = _read(path)
+    if not isinstance(table, datasets.DatasetDict):
+        _check_columns(table, cfg, str(path))
     if isinstance(table, datasets.DatasetDict):
         if "train" not in table:
             raise InputError(f"{path}: the saved data set has no train split (has "
@@ -143,12 +146,17 @@ def _labels(train: Any, test: Any, column: str) -> tuple[Tensor, Tensor, list[st
                 torch.tensor([index[str(v)] for v in values[1]]), classes)  # fmt: skip
     tensors = []
     for vals in values:
-        if not all(isinstance(v, int | bool) and int(v) >= 0 for v in vals):
-            bad = next(v for v in vals if not (isinstance(v, int | bool) and int(v) >= 0))
+        bad = next((v for v in vals if not _class_number(v)), None)
+        if bad is not None or None in vals:
             raise InputError(f"label column {column!r} holds {bad!r}: labels must be class "
                              "numbers from 0, or class names")  # fmt: skip
         tensors.append(torch.tensor([int(v) for v in vals]))
     return tensors[0], tensors[1], None
+
+
+def _class_number(v: Any) -> bool:
+    """An integer from 0; a float only when whole (a CSV column with a gap reads as floats)."""
+    return isinstance(v, int | float) and float(v).is_integer() and v >= 0
 
 
 def _tokenizer(cfg: DataConfig) -> Any:
@@ -158,16 +166,15 @@ def _tokenizer(cfg: DataConfig) -> Any:
                          "its own)")  # fmt: skip
     folder = Path(cfg.tokenizer).expanduser()
     transformers = hf.transformers_or_error(folder)
-    if not folder.is_dir() or not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise InputError(f"{folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)}): save one "
-                         "there with tokenizer.save_pretrained, or set data.tokenizer")  # fmt: skip
+    if not folder.is_dir() or not any((folder / f).is_file() for f in hf.TOKENIZER_FILES):
+        raise InputError(f"{folder}: no tokenizer (no {', '.join(hf.TOKENIZER_FILES[:3])}, ...): "
+                         "save one there with tokenizer.save_pretrained, or set "
+                         "data.tokenizer")  # fmt: skip
     try:
         return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise InputError(f"{folder}: cannot load its tokenizer ({first_line(e)})") from None
 
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 Texts = tuple[list[str], list[str] | None]  # the first texts, and the second of each pair

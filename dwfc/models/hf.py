@@ -23,9 +23,10 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 PROCESSOR = "preprocessor_config.json"
 HEADS = {"ForImageClassification": "AutoModelForImageClassification",
          "ForSequenceClassification": "AutoModelForSequenceClassification"}  # fmt: skip
-EXTRA_FILES = (PROCESSOR, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-               "added_tokens.json", "generation_config.json")  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "added_tokens.json")  # fmt: skip
+EXTRA_FILES = (PROCESSOR, *TOKENIZER_FILES, "generation_config.json")
 PREFIX = "hf"  # the wrapper's attribute: state-dict keys read "hf.<the model's own key>"
 
 
