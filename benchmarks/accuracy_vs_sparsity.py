@@ -111,6 +111,7 @@ def _summary(report: RunReport, seconds: float) -> dict[str, Any]:
         "accuracy": acc.compressed_pytorch, "dense_accuracy": acc.original,
         "before_cut": acc.before_cut, "after_cut": acc.after_cut,
         "achieved": sp.achieved, "compression_ratio": sp.compression_ratio,
+        "reached_eps": sp.reached_by_training_eps, "largest_cut": sp.largest_cut_relative,
         "nonzero": sp.nonzero_weights, "weights": sp.factorized_weights,
         "parameters": sp.total_parameters, "lambda": method.lam, "lr": method.lr,
         "safetensors_bytes": report.files.get(SAFETENSORS),
@@ -354,8 +355,9 @@ def search_file(args: argparse.Namespace) -> Path:
 
 
 def runs_file(args: argparse.Namespace) -> Path:
-    """Where the runs behind the page are kept (one file, tracked): beside the results page."""
-    return args.out.parent / "results_runs.json"
+    """Where the runs behind the page are kept (one file, tracked): beside the results page,
+    named after it (docs/results.md: docs/results_runs.json)."""
+    return args.out.with_name(f"{args.out.stem}_runs.json")
 
 
 def _published(result: dict[str, Any]) -> dict[str, Any]:

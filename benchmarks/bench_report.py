@@ -26,7 +26,7 @@ LABELS = {
 }  # fmt: skip
 DWF_HEADLINE = ("dwf3", "dwf4")
 BASELINES = ("gmp", "oneshot", "random", "l1")
-PLOT_NAME = "results_accuracy_vs_cr.png"
+PLOT_SUFFIX = "_accuracy_vs_cr.png"  # docs/results.md: docs/results_accuracy_vs_cr.png
 
 
 @dataclass
@@ -323,7 +323,7 @@ def write_page(out: Path, specs: Sequence[dict[str, Any]], results: Sequence[dic
                note: str = "") -> Page:  # fmt: skip
     """docs/results.md (or `out`) with the table, the plot, the verdict and how to rerun."""
     cells = aggregate(results)
-    plot_path = out.parent / PLOT_NAME
+    plot_path = out.parent / f"{out.stem}{PLOT_SUFFIX}"
     plot(plot_path, specs, cells, dense)
     text_verdict, met = verdict(specs, cells, dense)
     times = {m: statistics.fmean([t for (mo, me, _), c in cells.items() if me == m
@@ -342,7 +342,7 @@ from the same dense checkpoint of its model (trained once, seeded) and has the s
 after the exact cut to the target sparsity and the masked fine-tune; CR = weights / non-zero
 weights over the pruned (Linear and Conv) weights. Baselines: [baselines.md](baselines.md).
 
-![accuracy against compression ratio]({PLOT_NAME})
+![accuracy against compression ratio]({plot_path.name})
 
 {tables(specs, cells, dense, markdown=True)}
 

@@ -77,26 +77,29 @@ def shown(p: Paired | None) -> str:
     return f"**{text}**" if p.significant else text
 
 
-def render(runs: Sequence[dict[str, Any]], source: str, command: str) -> str:
+def render(runs: Sequence[dict[str, Any]], source: str, command: str, page: str = "results.md",
+           note: str = "") -> str:  # fmt: skip
     cells = by_cell(runs)
     keys = sorted({(m, s) for m, s, _ in cells})
     seeds = sorted({r["seed"] for r in runs})
+    present = {method for _, _, method in cells}
+    others = [o for o in OTHERS if o in present]
+    t = student_t.ppf(0.5 + LEVEL / 2, len(seeds) - 1) if len(seeds) > 1 else math.nan
     lines = ["# Results: paired differences, DWF against each method", "",
-             f"From the runs of [results.md](results.md) (`{source}`): accuracy of DWF D = 3 and "
+             f"From the runs of [{page}]({page}) (`{source}`): accuracy of DWF D = 3 and "
              f"D = 4 minus that of each other method, in points, mean over seeds {seeds} with a "
              f"two-sided {LEVEL:.0%} Student-t interval over those seeds (paired: a seed's runs "
              "share the dense checkpoint and the data order). **Bold**: the interval excludes "
-             "zero. With 3 seeds the interval is wide (t = 4.30 for 2 degrees of freedom). The "
-             "runs are those of results.md as published: its baseline rows predate the change "
-             "that trains baselines on the pretrained weights themselves (see there).", ""]
-    wins = {d: {o: [0, 0] for o in OTHERS} for d in DWF}  # [ahead, behind] where significant
+             f"zero. With {len(seeds)} seeds, t = {t:.2f} ({len(seeds) - 1} degrees of "
+             f"freedom).{' ' + note if note else ''}", ""]
+    wins = {d: {o: [0, 0] for o in others} for d in DWF}  # [ahead, behind] where significant
     for dwf in DWF:
         lines += [f"## {LABELS[dwf]} minus", "",
-                  "| model | sparsity | " + " | ".join(LABELS[o] for o in OTHERS) + " |",
-                  "| --- | --- |" + " --- |" * len(OTHERS)]
+                  "| model | sparsity | " + " | ".join(LABELS[o] for o in others) + " |",
+                  "| --- | --- |" + " --- |" * len(others)]
         for model, sparsity in keys:
             row = []
-            for other in OTHERS:
+            for other in others:
                 p = paired(cells.get((model, sparsity, dwf), {}),
                            cells.get((model, sparsity, other), {}))  # fmt: skip
                 if p is not None and p.significant:
@@ -108,7 +111,7 @@ def render(runs: Sequence[dict[str, Any]], source: str, command: str) -> str:
     for dwf in DWF:
         lines.append(f"- {LABELS[dwf]}: " + "; ".join(
             f"{LABELS[o]} ahead in {wins[dwf][o][0]}, behind in {wins[dwf][o][1]}"
-            for o in OTHERS) + ".")  # fmt: skip
+            for o in others) + ".")  # fmt: skip
     lines += ["", "Reproduce:", "", "```", command, "```", ""]
     return "\n".join(lines)
 
@@ -117,13 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=Path, default=ROOT / "docs" / "results_runs.json")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-paired.md")
+    p.add_argument("--page", default=None, help="the results page the runs are from")
+    p.add_argument("--note", default="", help="a sentence for the page's introduction")
     args = p.parse_args(argv)
+    page = args.page or args.runs.name.removesuffix("_runs.json") + ".md"
     runs = json.loads(args.runs.read_text())
     source = args.runs.relative_to(ROOT) if args.runs.is_relative_to(ROOT) else args.runs
     command = "python benchmarks/paired.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    page = render(runs, str(source), command.strip())
-    write_text_atomic(args.out, page)
-    print(page)
+    text = render(runs, str(source), command.strip(), page, args.note)
+    write_text_atomic(args.out, text)
+    print(text)
     return 0
 
 

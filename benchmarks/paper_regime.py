@@ -41,6 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from scipy.stats import t as student_t  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import dwfc  # noqa: E402
@@ -240,8 +241,9 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
     lines += ["", "## Paired, seed by seed", "",
               "Per seed, the best test accuracy a method reaches at or above the compression "
               "ratio (10% where it reaches none); the difference DWF minus the other method in "
-              "points, mean over the seeds with a 95% Student-t interval (with 2 seeds, t = "
-              "12.7: wide). **Bold**: the interval excludes zero.", "",
+              "points, mean over the seeds with a 95% Student-t interval (with "
+              f"{len(args.seeds)} seeds, t = {student_t.ppf(0.975, len(args.seeds) - 1):.2f})."
+              " **Bold**: the interval excludes zero.", "",
               "| model | momentum | CR | " + " | ".join(f"{d} - {o}" for d in DEEP for o in SHALLOW)
               + " |", "| --- | --- | --- |" + " --- |" * (len(DEEP) * len(SHALLOW))]  # fmt: skip
     met = {}

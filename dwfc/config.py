@@ -40,6 +40,9 @@ class ModelConfig(_Section):
     trust_model: bool = False  # allow full unpickling of a whole saved module
 
 
+Init = Literal["balanced", "varmatch", "layer"]  # how factorize_ starts the factors
+
+
 class DataConfig(_Section):
     source: str = "mnist5k"  # mnist5k | torchvision set | imagefolder | text:FILE | pkg.mod:factory
     root: str | None = None  # local folder of a torchvision data set or ImageFolder tree
@@ -60,7 +63,7 @@ class DataConfig(_Section):
 
 class FactorizeConfig(_Section):
     depth: int = Field(3, ge=2)  # D; 3 or 4 recommended, 2 is the shallow (L1) case
-    init: Literal["balanced", "varmatch"] = "balanced"
+    init: Init = "balanced"  # balanced | layer (unbalanced, same product) | varmatch (scratch)
     layer_types: list[str] = Field(default_factory=lambda: list(DEFAULT_LAYER_TYPES))
     include: list[str] = Field(default_factory=list)  # glob or "re:regex" over parameter names
     exclude: list[str] = Field(default_factory=list)

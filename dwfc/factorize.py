@@ -12,19 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from dwfc.config import FactorizeConfig
+from dwfc.config import FactorizeConfig, Init
 from dwfc.errors import InputError
 from dwfc.select import PlannedWeight, plan
 from dwfc.structure.gates import fold_gates_
 
 FilterFn = Callable[[nn.Module, str], bool]
-Init = Literal["balanced", "varmatch"]
+INITS: tuple[str, ...] = get_args(Init)
 
 
 class HadamardFactors(nn.Module):
@@ -112,6 +112,14 @@ def _varmatch_factors(
     return factors
 
 
+def _layer_factors(weight: Tensor, depth: int) -> list[Tensor]:
+    """w_1 = w / c^(D-1) and w_d = c for d >= 2, c = RMS(w)^(1/D): the weight exactly (to
+    rounding), every entry with the gradient scale of a weight of the layer's RMS."""
+    rms = float(weight.double().pow(2).mean().sqrt())
+    c = (rms if rms > 0 else 1.0) ** (1.0 / depth)
+    return [weight / c ** (depth - 1), *(torch.full_like(weight, c) for _ in range(depth - 1))]
+
+
 def _named_targets(
     model: nn.Module, filter_fn: FilterFn | None, params: Iterable[str] | None
 ) -> list[tuple[str, nn.Module, str]]:
@@ -159,7 +167,10 @@ def factorize_(
     and recurrent projections), a shared tensor once. `filter_fn(module, fqn)` instead picks
     modules whose `weight` is factorized; `params` names parameters directly (any tensor, e.g.
     "attn.in_proj_weight"). `init="balanced"` reproduces the current weights exactly
-    (w_1 = sign(w)|w|^(1/D), w_d = |w|^(1/D)); `init="varmatch"` draws fresh factors for
+    (w_1 = sign(w)|w|^(1/D), w_d = |w|^(1/D)); `init="layer"` reproduces them too, but
+    unbalanced: w_d = RMS^(1/D) for d >= 2 (RMS: the layer's root-mean-square weight) and
+    w_1 = w / RMS^((D-1)/D), so that every weight, small or large, starts moving at the rate of a
+    typical one and balance emerges under weight decay; `init="varmatch"` draws fresh factors for
     training from scratch. Create the optimizer after this call: the factors are new parameters.
 
     Example:
@@ -169,8 +180,8 @@ def factorize_(
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
         raise InputError(f"depth must be an integer of at least 2, got {depth!r}")
-    if init not in ("balanced", "varmatch"):
-        raise InputError(f"init must be 'balanced' or 'varmatch', got {init!r}")
+    if init not in INITS:
+        raise InputError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     if filter_fn is None and params is None:
         done = next(factorized_weights(model), None)
         if done is not None:
@@ -194,12 +205,11 @@ def _factorize_one(
     hadamard = HadamardFactors(depth)
     hadamard.parameter_order = _parameter_order(module)
     parametrize.register_parametrization(module, pname, hadamard)
-    if init == "varmatch":
-        for factor, value in zip(
-            FactorizedWeight(name, module, pname).factors,
-            _varmatch_factors(weight.detach(), depth, generator),
-            strict=True,
-        ):
+    if init != "balanced":
+        values = (_varmatch_factors(weight.detach(), depth, generator) if init == "varmatch"
+                  else _layer_factors(weight.detach(), depth))  # fmt: skip
+        for factor, value in zip(FactorizedWeight(name, module, pname).factors, values,
+                                 strict=True):  # fmt: skip
             with torch.no_grad():
                 factor.copy_(value)
 

@@ -185,6 +185,21 @@ def test_varmatch_product_has_no_mass_at_zero():
     assert float(next(iter(dwfc.factorized_weights(model))).collapsed().abs().min()) > 0.25 * s
 
 
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_layer_init_keeps_the_forward_and_starts_every_weight_alike(depth):
+    model, x = _net(), _x()
+    want = model.eval()(x)
+    rms = {n: float(p.pow(2).mean().sqrt()) for n, p in model.named_parameters()
+           if n.endswith("weight") and p.dim() > 1}  # fmt: skip
+    dwfc.factorize_(model, depth=depth, init="layer")
+    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
+    for fw in dwfc.factorized_weights(model):
+        c = rms[fw.name] ** (1 / depth)
+        for later in fw.factors[1:]:  # d >= 2: one value, so every entry has the same gradient
+            torch.testing.assert_close(later, torch.full_like(later, c))
+    assert misalignment(model) > 0  # unbalanced: weight decay balances it during training
+
+
 @pytest.mark.parametrize("depth", [1, 0, -2, 2.5, True])
 def test_depth_below_two_is_rejected(depth):
     with pytest.raises(InputError, match="depth"):
