@@ -11,7 +11,10 @@ recipes, budget and cache), with the variant's recipe overrides on top of DWF's 
   pretrained weights move from the first step (docs/factorization.md);
 - long settle: `sparsity.ramp_fraction=0.25`, lambda reaches the target in the first quarter of
   the epochs and holds it for three quarters, so that what the cut removes has collapsed;
-- layer init + long settle.
+- layer init + long settle;
+- relative layer penalty: `sparsity.layer_penalty=relative`, each layer's decay divided by its
+  learning-rate multiplier (benchmarks/finetune_diagnostics.py: with one global lambda, D >= 3
+  keeps the output layers nearly dense).
 
 Each variant of D = 3 and D = 4 is compared seed by seed (paired) with the default DWF of its
 depth and with every baseline of docs/results-5seeds.md's runs (run those first), at the high
@@ -53,7 +56,8 @@ def variants(model: str, method: str) -> dict[str, list[str]]:
             "momentum 0": ["train.momentum=0", f"train.lr={LR_FACTOR_M0 * lr:g}"],
             "layer init": ["factorize.init=layer"],
             "long settle": ["sparsity.ramp_fraction=0.25"],
-            "layer init + long settle": ["factorize.init=layer", "sparsity.ramp_fraction=0.25"]}
+            "layer init + long settle": ["factorize.init=layer", "sparsity.ramp_fraction=0.25"],
+            "relative layer penalty": ["sparsity.layer_penalty=relative"]}
 
 
 def specs_for(models: list[str], seeds: list[int]) -> list[dict[str, Any]]:
@@ -73,10 +77,12 @@ def render(results: list[dict[str, Any]], models: list[str], seeds: list[int],
            command: str) -> str:  # fmt: skip
     acc: dict[tuple[str, float, str, str], dict[int, float]] = {}
     extra: dict[tuple[str, float, str, str], list[dict[str, Any]]] = {}
+    failed: dict[tuple[str, float, str, str], int] = {}
     for r in results:
-        if r.get("accuracy") is None:
-            continue
         key = (r["model"], r["sparsity"], r["method"], r["variant"])
+        if r.get("accuracy") is None:  # diverged even after the engine's restarts
+            failed[key] = failed.get(key, 0) + 1
+            continue
         acc.setdefault(key, {})[r["seed"]] = r["accuracy"]
         extra.setdefault(key, []).append(r)
     lines = ["# Fine-tuning regime: variants of DWF, paired against the baselines", "",
@@ -88,8 +94,8 @@ def render(results: list[dict[str, Any]], models: list[str], seeds: list[int],
              "two-sided 95% Student-t interval over the seeds; **bold** where it excludes "
              "zero. *Cut*: accuracy just before the exact cut minus just after it (what the "
              "cut destroyed), mean over seeds; *under eps*: the share of weights training "
-             "left under float32 epsilon when the cut came (recorded for runs made after that "
-             "field was added to the benchmark's summary).", ""]
+             "left under float32 epsilon when the cut came. *Diverged*: runs whose loss became "
+             "non-finite even after the engine's three restarts at halved learning rates.", ""]
     for model in models:
         for sparsity in SPARSITIES:
             lines += [f"## {model} at sparsity {sparsity}", ""]
@@ -106,15 +112,17 @@ def render(results: list[dict[str, Any]], models: list[str], seeds: list[int],
                     mine = acc.get((model, sparsity, method, name), {})
                     runs = extra.get((model, sparsity, method, name), [])
                     vs_default = "" if name == "default" else shown(paired(mine, default))
-                    row = [LABELS[method], name, _mean(mine), vs_default,
+                    lost = failed.get((model, sparsity, method, name), 0)
+                    shown_acc = _mean(mine) + (f" ({lost} diverged)" if lost else "")
+                    row = [LABELS[method], name, shown_acc, vs_default,
                            *(shown(paired(mine, base[b])) for b in BASELINES),
                            _cut(runs), _eps(runs)]
                     lines.append("| " + " | ".join(row) + " |")
             lines.append("")
-    lines += ["Reproduce (after `python benchmarks/accuracy_vs_sparsity.py --models lenet300 "
-              "lenet5 --methods dwf2 dwf3 dwf4 gmp l1 --seeds 0 1 2 3 4 --jobs 2 --out "
-              "docs/results-5seeds.md`, whose runs this shares through the cache):", "",
-              "```", command, "```", ""]
+    lines += ["The default and baseline rows are run here too, with the same recipes as "
+              "[results-5seeds.md](results-5seeds.md); their figures are the same. Reproduce "
+              "(about 40 minutes on 2 cores; `--report-only` rebuilds this page from its runs "
+              "file):", "", "```", command, "```", ""]
     return "\n".join(lines)
 
 
@@ -145,7 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-epochs", type=int, default=20)
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-finetune-variants.md")
+    p.add_argument("--report-only", action="store_true", help="rebuild the page from its runs")
     args = p.parse_args(argv)
+    runs = args.out.with_name(f"{args.out.stem}_runs.json")
+    if args.report_only:
+        command = "python benchmarks/finetune_variants.py --jobs 2"
+        results = json.loads(runs.read_text())
+        write_text_atomic(args.out, render(results, args.models, args.seeds, command))
+        print(f"wrote {args.out}")
+        return 0
     command = "python benchmarks/finetune_variants.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)  # fmt: skip
     cache = args.cache.resolve()
@@ -159,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     results = [{**r, "variant": variant_of[r["key"]]}
                for r in avs.execute(specs, dense, cache, args.jobs, None)]  # fmt: skip
     write_text_atomic(args.out, render(results, args.models, args.seeds, command))
-    runs = args.out.with_name(f"{args.out.stem}_runs.json")
     write_text_atomic(runs, json.dumps([avs._published(r) | {"variant": r["variant"]}
                                         for r in results], indent=1) + "\n")  # fmt: skip
     print(f"wrote {args.out} and {runs}")

@@ -1,7 +1,7 @@
 """Paired differences of DWF D = 3 and D = 4 against every other method, per cell of
 docs/results.md, from its runs file.
 
-    python benchmarks/paired.py      # reads docs/results_runs.json, writes docs/results-paired.md
+    python benchmarks/paired.py   # reads docs/results-5seeds_runs.json, writes results-paired.md
 
 Runs with the same seed start from the same dense checkpoint and see the same data order, so
 methods are compared seed by seed: the mean over seeds of (DWF - other) in accuracy points, with
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 from collections.abc import Sequence
@@ -84,6 +85,9 @@ def render(runs: Sequence[dict[str, Any]], source: str, command: str, page: str 
     seeds = sorted({r["seed"] for r in runs})
     present = {method for _, _, method in cells}
     others = [o for o in OTHERS if o in present]
+    missing = [LABELS[o] for o in OTHERS if o not in present]
+    if missing:
+        note = f"{' and '.join(missing)} are not in these runs. {note}".strip()
     t = student_t.ppf(0.5 + LEVEL / 2, len(seeds) - 1) if len(seeds) > 1 else math.nan
     lines = ["# Results: paired differences, DWF against each method", "",
              f"From the runs of [{page}]({page}) (`{source}`): accuracy of DWF D = 3 and "
@@ -118,7 +122,7 @@ def render(runs: Sequence[dict[str, Any]], source: str, command: str, page: str 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=Path, default=ROOT / "docs" / "results_runs.json")
+    p.add_argument("--runs", type=Path, default=ROOT / "docs" / "results-5seeds_runs.json")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-paired.md")
     p.add_argument("--page", default=None, help="the results page the runs are from")
     p.add_argument("--note", default="", help="a sentence for the page's introduction")
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     page = args.page or args.runs.name.removesuffix("_runs.json") + ".md"
     runs = json.loads(args.runs.read_text())
     source = args.runs.relative_to(ROOT) if args.runs.is_relative_to(ROOT) else args.runs
-    command = "python benchmarks/paired.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/paired.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = render(runs, str(source), command.strip(), page, args.note)
     write_text_atomic(args.out, text)
     print(text)

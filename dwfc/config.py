@@ -106,6 +106,9 @@ class SparsityConfig(_Section):
     lookahead: float = Field(10.0, ge=0)  # updates to extrapolate the density trend (anti-windup)
     down_gain: float = Field(0.2, gt=0)  # gain when too sparse: lambda falls slowly after the ramp
     prune_every: int | None = Field(None, ge=1)  # gmp: steps between prunes (None: log_every)
+    # dwf: global (one lambda, sped up with each layer's lr multiplier) | relative (each layer's
+    # decay divided by its multiplier: every layer's typical weight feels the same pressure)
+    layer_penalty: Literal["global", "relative"] = "global"
     l1_lambda_init: float = Field(2e-3, gt=0)  # l1 baseline: starting lambda of its controller
     finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after the exact cut
     finetune_lr: float = Field(0.01, ge=0)

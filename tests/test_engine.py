@@ -86,6 +86,18 @@ def test_only_factors_get_weight_decay():
     assert lrs == pytest.approx([0.1, 0.2, 0.3])
 
 
+def test_a_relative_layer_penalty_decays_every_layer_at_the_same_pace():
+    model = mlp()
+    dwfc.factorize_(model, depth=3)
+    scales = {"0.weight": 2.0, "2.weight": 8.0}
+    opt = torch.optim.SGD(_param_groups(model, scales, relative=True), lr=0.1)
+    _set_hyper(opt, lr=0.1, lam=0.03)
+    factors = [g for g in opt.param_groups if g["factor"]]
+    # the loss step keeps each layer's multiplier; the decay step lr * wd is 0.1 * 2 lambda / 3
+    assert sorted(g["lr"] for g in factors) == pytest.approx([0.2, 0.8])
+    assert [g["lr"] * g["weight_decay"] for g in factors] == pytest.approx([0.1 * 0.02] * 2)
+
+
 def test_evaluate_counts_top1_accuracy():
     model = nn.Linear(2, 2, bias=False)
     with torch.no_grad():

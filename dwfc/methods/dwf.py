@@ -40,14 +40,18 @@ def lr_scales(
     }
 
 
-def _param_groups(model: nn.Module, scales: dict[str, float]) -> list[dict[str, Any]]:
-    """One group per factorized weight in `scales` (decayed, its own rate), one for the rest."""
+def _param_groups(model: nn.Module, scales: dict[str, float],
+                  relative: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """One group per factorized weight in `scales` (decayed, its own rate), one for the rest.
+    `relative` (sparsity.layer_penalty=relative): a group's decay is divided by its rate
+    multiplier, so that the penalty, not only the loss, is not sped up where the rate is."""
     groups, factor_ids = [], set()
     for fw in factorized_weights(model):
         if fw.name not in scales:  # factorized, but not to be sparsified: trained plainly
             continue
         groups.append({"params": fw.factors, "lr_scale": scales[fw.name], "factor": True,
-                       "depth": fw.parametrization.depth})  # fmt: skip
+                       "depth": fw.parametrization.depth,
+                       "decay_scale": 1.0 / scales[fw.name] if relative else 1.0})  # fmt: skip
         factor_ids.update(id(f) for f in fw.factors)
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in factor_ids]
     if others:
@@ -59,7 +63,8 @@ def _set_hyper(opt: Optimizer, lr: float, lam: float) -> None:
     """Learning rates, and weight decay 2 lambda / D on each factor (its own weight's D)."""
     for group in opt.param_groups:
         group["lr"] = lr * group["lr_scale"]
-        group["weight_decay"] = 2.0 * lam / group["depth"] if group["factor"] else 0.0
+        group["weight_decay"] = (2.0 * lam / group["depth"] * group["decay_scale"]
+                                 if group["factor"] else 0.0)  # fmt: skip
 
 
 class Dwf(Method):
@@ -92,7 +97,8 @@ class Dwf(Method):
         return {fw.name: fw.collapsed() for fw in self._factorized}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return _param_groups(self.model, self.scales)
+        return _param_groups(self.model, self.scales,
+                             self.recipe.sparsity.layer_penalty == "relative")  # fmt: skip
 
     def set_masks(self, masks: dict[str, Tensor] | None, opt: Optimizer | None) -> None:
         if masks is None:
