@@ -189,7 +189,7 @@ def test_varmatch_product_has_no_mass_at_zero():
 def test_layer_init_keeps_the_forward_and_starts_every_weight_alike(depth):
     model, x = _net(), _x()
     want = model.eval()(x)
-    rms = {n: float(p.pow(2).mean().sqrt()) for n, p in model.named_parameters()
+    rms = {n: float(p.detach().pow(2).mean().sqrt()) for n, p in model.named_parameters()
            if n.endswith("weight") and p.dim() > 1}  # fmt: skip
     dwfc.factorize_(model, depth=depth, init="layer")
     torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
