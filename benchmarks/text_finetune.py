@@ -33,7 +33,7 @@ for path in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(path))
 
 import torch  # noqa: E402
-from tiny_text import rows, save_bert, save_tokenizer, write_csv  # noqa: E402
+from tiny_text import bert_dir, rows, write_csv  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import dwfc  # noqa: E402
@@ -57,13 +57,6 @@ MIN_ROUND_S = 0.3
 def _label(variant: tuple[int | None, bool]) -> str:
     depth, fused = variant
     return "dense" if depth is None else f"D={depth} {'fused' if fused else 'per weight'}"
-
-
-def _world(folder: Path, hidden: int, layers: int) -> Path:
-    model = folder / f"bert-{hidden}x{layers}"
-    tokenizer = save_tokenizer(model, [s for s, _ in rows(400, seed=99)])
-    save_bert(model, len(tokenizer), layers, hidden)  # type: ignore[arg-type]
-    return model
 
 
 def _setup(model_dir: Path, variant: tuple[int | None, bool], device: torch.device) -> Any:
@@ -110,7 +103,8 @@ def measure(model_dir: Path, csv: Path, batch: int, max_length: int, rounds: int
     out = []
     for v in VARIANTS:
         t = statistics.median(times[v])
-        q1, _, q3 = statistics.quantiles(times[v], n=4, method="inclusive")
+        q1, _, q3 = (statistics.quantiles(times[v], n=4, method="inclusive")
+                     if len(times[v]) > 1 else [t] * 3)  # fmt: skip
         out.append({"variant": _label(v), "batch": batch, "params": params,
                     "step_ms": 1000 * t, "q1_ms": 1000 * q1, "q3_ms": 1000 * q3,
                     "samples_s": batch / t, "throughput": dense_t / t,
@@ -183,7 +177,8 @@ def main() -> None:
         csv = write_csv(folder / "train.csv", rows(max(args.batch), seed=1))
         for name in args.sizes:
             print(f"{name}:", flush=True)
-            model_dir = _world(folder, *SIZES[name])
+            hidden, layers = SIZES[name]
+            model_dir = bert_dir(folder / f"bert-{hidden}x{layers}", layers, hidden)
             results[name] = [r for b in args.batch
                              for r in measure(model_dir, csv, b, args.max_length, args.rounds,
                                               device)]  # fmt: skip

@@ -120,8 +120,9 @@ def compress(
 
         def scores(stage: str) -> dict[str, float]:  # top-5 and F1, where the data has them
             top5 = {f"{stage}_top5": measure(5)} if data.top5 else {}
-            f1 = {f"{stage}_f1": evaluate_f1(model, data.eval_loader, device, precision)}
-            return {**top5, **(f1 if data.f1 else {})}
+            f1 = ({f"{stage}_f1": evaluate_f1(model, data.eval_loader, device, precision)}
+                  if data.f1 else {})  # fmt: skip
+            return {**top5, **f1}
 
         accuracy: dict[str, float | None] = {"original": measure()}
         extra = scores("original")

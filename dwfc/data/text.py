@@ -51,6 +51,7 @@ class TextDataset(Dataset):
 
 
 def _datasets() -> Any:
+    hf.offline()
     try:
         import datasets
     except ImportError:
@@ -61,10 +62,10 @@ def _datasets() -> Any:
 
 
 def _path(source: str) -> Path:
-    name = source.strip()[len(PREFIX):] if is_text(source) else source.strip()
-    if not name.strip():
+    name = (source.strip()[len(PREFIX):] if is_text(source) else source).strip()
+    if not name:
         raise InputError(f"{source!r}: name the file, as text:path/to/train.csv")
-    path = Path(name.strip()).expanduser()
+    path = Path(name).expanduser()
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     return path
@@ -92,34 +93,36 @@ def _read(path: Path) -> Any:
             raise InputError(f"{path}: cannot read it as {builder} ({first_line(e)})") from None
 
 
-def _splits(cfg: DataConfig) -> tuple[Any, Any, str]:
-    """The (train, eval) tables and where the eval table came from."""
+def _eval_split(saved: Any) -> str | None:
+    """The evaluation split of a saved `DatasetDict`, if it has one."""
+    return next((s for s in EVAL_SPLITS if s in saved), None)
+
+
+def _splits(cfg: DataConfig) -> tuple[Any, Any]:
+    """The (train, eval) tables, the training table's columns checked."""
     datasets = _datasets()
     path = _path(cfg.source)
-    table = _read(path)
-    if not isinstance(table, datasets.DatasetDict):
-        _check_columns(table, cfg, str(path))
+    table, held = _read(path), None
     if isinstance(table, datasets.DatasetDict):
         if "train" not in table:
             raise InputError(f"{path}: the saved data set has no train split (has "
                              f"{', '.join(table)})")  # fmt: skip
-        held = next((s for s in EVAL_SPLITS if s in table), None)
-        train = table["train"]
-        if cfg.eval_source is None and held is not None:
-            return train, table[held], f"the saved {held} split"
-        table = train
+        held = table[_eval_split(table)] if _eval_split(table) else None
+        table = table["train"]
+    _check_columns(table, cfg, str(path))
     if cfg.eval_source is not None:
         other = _read(_path(cfg.eval_source))
         if isinstance(other, datasets.DatasetDict):
-            held = next((s for s in EVAL_SPLITS if s in other), None)
-            if held is None:
+            if _eval_split(other) is None:
                 raise InputError(f"{cfg.eval_source}: no {' or '.join(EVAL_SPLITS)} split")
-            other = other[held]
-        return table, other, str(cfg.eval_source)
+            other = other[_eval_split(other)]
+        return table, other
+    if held is not None:
+        return table, held
     if len(table) < 2:
         raise InputError(f"{path}: {len(table)} row(s): too few to hold some out for evaluation")
     parts = table.train_test_split(test_size=HOLDOUT, seed=HOLDOUT_SEED)
-    return parts["train"], parts["test"], f"{HOLDOUT:.0%} of the rows, held out"
+    return parts["train"], parts["test"]
 
 
 def _check_columns(table: Any, cfg: DataConfig, where: str) -> None:
@@ -176,7 +179,6 @@ def _tokenizer(cfg: DataConfig) -> Any:
         raise InputError(f"{folder}: cannot load its tokenizer ({first_line(e)})") from None
 
 
-
 Texts = tuple[list[str], list[str] | None]  # the first texts, and the second of each pair
 
 
@@ -190,19 +192,17 @@ def _tokenize(tokenizer: Any, texts: Texts, **options: Any) -> Any:
     return tokenizer(first, *([second] if second is not None else []), **options)
 
 
-def _encode(tokenizer: Any, texts: Texts, length: int) -> dict[str, Tensor]:
-    enc = _tokenize(tokenizer, texts, padding="max_length", truncation=True, max_length=length,
-                    return_tensors="pt")  # fmt: skip
+def _encode(tokenizer: Any, texts: Texts, length: int | None) -> dict[str, Tensor]:
+    """Token tensors of `texts`, `length` long; None: as long as the longest text, capped at
+    the tokenizer's maximum."""
+    if length is None:
+        cap = getattr(tokenizer, "model_max_length", None)
+        limit = cap if isinstance(cap, int) and cap < LONGEST_POSSIBLE else None
+        options = {"padding": "longest", "truncation": limit is not None, "max_length": limit}
+    else:
+        options = {"padding": "max_length", "truncation": True, "max_length": length}
+    enc = _tokenize(tokenizer, texts, return_tensors="pt", **options)
     return {k: v for k, v in enc.items() if isinstance(v, Tensor)}
-
-
-def max_length(tokenizer: Any, texts: Texts, limit: int | None) -> int:
-    """`limit`, else the longest tokenised training text, capped at the tokenizer's maximum."""
-    if limit is not None:
-        return limit
-    longest = max(len(ids) for ids in _tokenize(tokenizer, texts)["input_ids"])
-    cap = getattr(tokenizer, "model_max_length", None)
-    return min(longest, cap) if isinstance(cap, int) and cap < LONGEST_POSSIBLE else longest
 
 
 def load(cfg: DataConfig) -> tuple[Dataset, Dataset]:
@@ -210,15 +210,15 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     if len(cfg.text_columns) not in (1, 2):
         raise InputError(f"data.text_columns names one text column or a pair, got "
                          f"{cfg.text_columns}")  # fmt: skip
-    train, test, _ = _splits(cfg)
-    _check_columns(train, cfg, cfg.source)
+    train, test = _splits(cfg)
     _check_columns(test, cfg, str(cfg.eval_source or cfg.source))
     train_y, test_y, classes = _labels(train, test, cfg.label_column)
     tokenizer = _tokenizer(cfg)
-    train_texts, test_texts = _texts(train, cfg.text_columns), _texts(test, cfg.text_columns)
-    length = max_length(tokenizer, train_texts, cfg.max_length)
-    return (TextDataset(_encode(tokenizer, train_texts, length), train_y, classes),
-            TextDataset(_encode(tokenizer, test_texts, length), test_y, classes))  # fmt: skip
+    encoded = _encode(tokenizer, _texts(train, cfg.text_columns), cfg.max_length)
+    length = encoded["input_ids"].shape[1]  # the evaluation texts get the training length
+    return (TextDataset(encoded, train_y, classes),
+            TextDataset(_encode(tokenizer, _texts(test, cfg.text_columns), length), test_y,
+                        classes))  # fmt: skip
 
 
 def normalization(cfg: DataConfig) -> None:

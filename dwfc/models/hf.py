@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,16 @@ class HFTextClassifier(HFClassifier):
 WRAPPERS = {"ForImageClassification": HFClassifier, "ForSequenceClassification": HFTextClassifier}
 
 
+def offline() -> None:
+    """Keep the Hugging Face libraries off the network (unless the user set otherwise): dwfc
+    reads local files only, and passes local_files_only=True where a call takes it."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+
+
 def transformers_or_error(path: Path) -> Any:
     """The transformers module, quiet; an InputError naming `path` when it is not installed."""
+    offline()
     try:
         import transformers
     except ImportError:
