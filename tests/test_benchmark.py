@@ -7,18 +7,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import dwfc  # noqa: E402
 from benchmarks import accuracy_vs_sparsity as bench  # noqa: E402
 from benchmarks.bench_data import mnist5k_validation  # noqa: E402
+from benchmarks.finetune_dynamics import Tracer, summarise  # noqa: E402
 from benchmarks.paired import paired  # noqa: E402
 from benchmarks.paper_regime import best_at, front  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.data import mnist5k  # noqa: E402
 from dwfc.errors import InputError  # noqa: E402
+from dwfc.factorize import factorized_weights  # noqa: E402
 
 
 def test_quick_benchmark_writes_table_plot_and_page(
@@ -114,3 +118,30 @@ def test_the_pareto_front_keeps_only_undominated_points() -> None:
     assert front(points) == [(20, 0.97), (500, 0.91), (2000, 0.10)]
     assert best_at(points, 100) == 0.91 and best_at(points, 600) == 0.10
     assert best_at(points, 5000) is None
+
+
+def _traced(init: str) -> tuple[dict, dict]:
+    import types
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    dwfc.factorize_(model, depth=3, init=init)  # type: ignore[arg-type]
+    schedule = types.SimpleNamespace(total=10, steps_per_epoch=5, lr_at=lambda step: 0.1)
+    method = types.SimpleNamespace(_factorized=list(factorized_weights(model)), lam=1e-3,
+                                   schedule=schedule, scales={"weight": 2.0})  # fmt: skip
+    tracer = Tracer()
+    tracer.record(method, None, 0)  # type: ignore[arg-type]
+    kept = {"weight": model.weight.detach().abs() > model.weight.detach().abs().median()}
+    return summarise(tracer.snapshots[0], kept), tracer.snapshots[0]["layers"]["weight"]
+
+
+def test_dynamics_trace_measures_misalignment_and_the_rate_on_w() -> None:
+    row, layer = _traced("balanced")
+    assert row["misalignment_kept"] == pytest.approx(0.0, abs=1e-6)
+    assert row["misalignment_removed"] == pytest.approx(0.0, abs=1e-6)
+    w = layer["w"].double()  # at balance the rate is lr x scale x D |w|^(2 - 2/D)
+    expected = 0.1 * 2.0 * 3 * w.abs().pow(4 / 3)
+    assert torch.allclose(layer["rate"].double(), expected, rtol=1e-4)
+    assert row["agreement"] == 1.0  # the kept set is the top half by magnitude
+    unbalanced, _ = _traced("layer")
+    assert unbalanced["misalignment_kept"] > 0.01 and unbalanced["misalignment_removed"] > 0.01
