@@ -7,7 +7,8 @@ file size.
 
 1. Time per optimisation step (SGD + momentum + weight decay, torch's fused SGD as the engine
    uses it) of the dense model and the same model factorized with D = 2, 3, 4 through
-   `dwfc.factorize_`, each per weight (the parametrization alone) and fused (`dwfc.fuse_`),
+   `dwfc.factorize_`, each per weight (the parametrization alone), fused (`dwfc.fuse_`) and
+   fused with compiled products (`dwfc.fuse_(compile=True)`, recipe `train.fused=compile`),
    measured side by side in interleaved rounds (median), for LeNet-5 (1x28x28), ResNet-20 and
    ResNet-18 (3x32x32), at each batch size asked for.
 2. Peak training memory as a ratio: on CUDA `torch.cuda.max_memory_allocated` over one step; on
@@ -88,19 +89,20 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "lenet5": (lenet5, (1, 28, 28)), "resnet20": (ResNet20, (3, 32, 32)),
     "resnet18": (_resnet18, (3, 32, 32)),
 }  # fmt: skip
-Variant = tuple[int | None, bool]  # (D or None for dense, fused)
-VARIANTS: tuple[Variant, ...] = ((None, False), *((d, f) for d in (2, 3, 4) for f in (False, True)))
+Variant = tuple[int | None, str]  # (D or None for dense, one of MODES)
+MODES = ("per weight", "fused", "compiled")
+VARIANTS: tuple[Variant, ...] = ((None, "dense"), *((d, m) for d in (2, 3, 4) for m in MODES))
 OPS_BATCH = 8  # operator calls do not depend on the batch size
 MIN_ROUND_S = 0.3  # timed seconds per variant and round, at the least: short steps are noisy
 
 
 def _label(variant: Variant) -> str:
-    depth, fused = variant
-    return "dense" if depth is None else f"D={depth} {'fused' if fused else 'per weight'}"
+    depth, mode = variant
+    return "dense" if depth is None else f"D={depth} {mode}"
 
 
 def _setup(name: str, variant: Variant, device: torch.device) -> tuple[nn.Module, Any]:
-    depth, fused = variant
+    depth, mode = variant
     torch.manual_seed(0)
     model = MODELS[name][0]()
     if depth is not None:
@@ -108,8 +110,8 @@ def _setup(name: str, variant: Variant, device: torch.device) -> tuple[nn.Module
     model.to(device).train()
     if AMP["on"]:
         model.to(memory_format=torch.channels_last)
-    if fused:
-        dwfc.fuse_(model)
+    if mode in ("fused", "compiled"):
+        dwfc.fuse_(model, compile=mode == "compiled")
     opt = fused_sgd([{"params": list(model.parameters()), "weight_decay": 5e-4}], 0.01, 0.9)
     return model, opt
 
@@ -187,15 +189,16 @@ def step_overhead(device: torch.device, models: list[str], batches: list[int], s
     rows = []
     for name in models:
         shape = MODELS[name][1]
-        setups = {v: _setup(name, v, device) for v in VARIANTS}
+        setups = _setups(name, device)
+        variants = list(setups)
         for size in batches:
             x, y = _batch(shape, size, device)
             measure = cuda_peak if device.type == "cuda" else accounted_bytes
-            memory = {v: measure(*setups[v], x, y) for v in VARIANTS}
-            times: dict[Variant, list[float]] = {v: [] for v in VARIANTS}
+            memory = {v: measure(*setups[v], x, y) for v in variants}
+            times: dict[Variant, list[float]] = {v: [] for v in variants}
             steps_here = _steps_for(setups[VARIANTS[0]], x, y, device, steps)
             for _ in range(rounds):
-                for v in VARIANTS:
+                for v in variants:
                     model, opt = setups[v]
                     train_step(model, opt, x, y)  # warm-up within the round
                     sync(device)
@@ -205,16 +208,35 @@ def step_overhead(device: torch.device, models: list[str], batches: list[int], s
                     sync(device)
                     times[v].append((time.perf_counter() - started) / steps_here)
             dense_t, dense_m = statistics.median(times[VARIANTS[0]]), memory[VARIANTS[0]]
-            for v in VARIANTS:
+            for v in variants:
                 t = statistics.median(times[v])
                 rows.append({"model": name, "batch": size, "variant": _label(v), "depth": v[0],
-                             "fused": v[1], "step_ms": 1000 * t, "time_ratio": t / dense_t,
+                             "mode": v[1], "step_ms": 1000 * t, "time_ratio": t / dense_t,
                              "memory_mb": memory[v] / 2**20,
                              "memory_ratio": memory[v] / dense_m})  # fmt: skip
             print(f"{name} b{size}: " + ", ".join(
                 f"{r['variant']} {r['step_ms']:.1f} ms x{r['time_ratio']:.2f} "
-                f"mem x{r['memory_ratio']:.2f}" for r in rows[-len(VARIANTS):]), flush=True)
+                f"mem x{r['memory_ratio']:.2f}" for r in rows[-len(variants):]), flush=True)
     return rows
+
+
+COMPILE_ERRORS: list[str] = []  # why the compiled variants were left out, if they were
+
+
+def _setups(name: str, device: torch.device) -> dict[Variant, tuple[nn.Module, Any]]:
+    """Every variant's model and optimizer; the compiled ones left out (and the reason kept)
+    where torch.compile cannot run here."""
+    setups = {}
+    for v in VARIANTS:
+        try:
+            setups[v] = _setup(name, v, device)
+        except dwfc.InputError as exc:
+            if v[1] != "compiled":
+                raise
+            if str(exc) not in COMPILE_ERRORS:
+                COMPILE_ERRORS.append(str(exc))
+                print(f"left out: {exc}", flush=True)
+    return setups
 
 
 def operator_counts(device: torch.device, models: list[str]) -> list[dict[str, Any]]:
@@ -222,8 +244,7 @@ def operator_counts(device: torch.device, models: list[str]) -> list[dict[str, A
     rows = []
     for name in models:
         x, y = _batch(MODELS[name][1], OPS_BATCH, device)
-        for v in VARIANTS:
-            model, opt = _setup(name, v, device)
+        for v, (model, opt) in _setups(name, device).items():
             train_step(model, opt, x, y)
             calls = operator_calls(partial(train_step, model, opt, x, y), device)
             weights = sum(1 for _ in dwfc.factorized_weights(model)) or None
@@ -231,7 +252,8 @@ def operator_counts(device: torch.device, models: list[str]) -> list[dict[str, A
                          "compute": calls.compute, "metadata": calls.metadata,
                          "kernels": calls.kernels})  # fmt: skip
         print(f"{name} operator calls: " + ", ".join(
-            f"{r['variant']} {r['compute']}+{r['metadata']}" for r in rows[-len(VARIANTS):]),
+            f"{r['variant']} {r['compute']}+{r['metadata']}" for r in rows
+            if r["model"] == name),
             flush=True)  # fmt: skip
     return rows
 
@@ -374,20 +396,22 @@ GOALS = ("Goals (issue 15), at D = 3: at most 1.10x dense step time on a GPU (fp
 
 
 def _step_table(steps: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | batch | D | per weight: step (ms) | vs dense | memory vs dense "
-             "| fused: step (ms) | vs dense | memory vs dense |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    head = " | ".join(f"{m}: step (ms) | vs dense | memory vs dense" for m in MODES)
+    lines = [f"| model | batch | D | {head} |", "| --- | --- | --- |" + " --- | --- | --- |" * 3]
     for r in steps:
         if r["depth"] is None:
             lines.append(f"| {r['model']} | {r['batch']} | dense | {r['step_ms']:.1f} | 1.00x | "
-                         f"1.00x ({r['memory_mb']:.1f} MiB) | | | |")
-        elif not r["fused"]:
-            fused = next(f for f in steps if f["fused"] and f["depth"] == r["depth"]
-                         and f["model"] == r["model"] and f["batch"] == r["batch"])  # fmt: skip
-            lines.append(f"| {r['model']} | {r['batch']} | {r['depth']} | {r['step_ms']:.1f} | "
-                         f"{r['time_ratio']:.2f}x | {r['memory_ratio']:.2f}x | "
-                         f"{fused['step_ms']:.1f} | {fused['time_ratio']:.2f}x | "
-                         f"{fused['memory_ratio']:.2f}x |")
+                         f"1.00x ({r['memory_mb']:.1f} MiB) |" + " | | |" * 2)
+        elif r["mode"] == MODES[0]:
+            cells = []
+            for mode in MODES:
+                found = [f for f in steps if f["mode"] == mode and f["depth"] == r["depth"]
+                         and f["model"] == r["model"] and f["batch"] == r["batch"]]  # fmt: skip
+                cells.append(" | | " if not found else
+                             f"{found[0]['step_ms']:.1f} | {found[0]['time_ratio']:.2f}x | "
+                             f"{found[0]['memory_ratio']:.2f}x")  # fmt: skip
+            lines.append(f"| {r['model']} | {r['batch']} | {r['depth']} | "
+                         + " | ".join(cells) + " |")
     return lines
 
 
@@ -419,8 +443,11 @@ def render(device: torch.device, steps: list[dict[str, Any]], ops: list[dict[str
              "Time per optimisation step (SGD + momentum + weight decay in torch's fused SGD, as "
              "the engine runs it; median of interleaved rounds) and peak training memory "
              f"({memory_how}), dense against the same model factorized by `dwfc.factorize_`: "
-             "per weight (each weight multiplied out by its parametrization, `train.fused=false`) "
-             "and fused (`dwfc.fuse_`, the default in training). " + GOALS,
+             "per weight (each weight multiplied out by its parametrization, `train.fused=false`), "
+             "fused (`dwfc.fuse_`, the default in training) and compiled (the fused products by "
+             "torch.compile, `train.fused=compile`). " + GOALS,
+             *(["", f"Compiled variants left out: {'; '.join(COMPILE_ERRORS)}"]
+               if COMPILE_ERRORS else []),
              "", *([f"Measured on a CPU shared with other jobs ({_load()}): step times are "
                     "noisy even as medians of interleaved rounds. Unshared CPU and CUDA numbers: "
                     "[overhead-gpu.md](overhead-gpu.md).", ""] if device.type == "cpu" else []),
@@ -431,7 +458,10 @@ def render(device: torch.device, steps: list[dict[str, Any]], ops: list[dict[str
                   "on it): aten operators called at the top level, *compute* if they do any "
                   "work, *metadata* if they only make views (no kernel, no data moved; "
                   "benchmarks/operator_calls.py)" +
-                  (", and the CUDA kernels launched." if device.type == "cuda" else "."), "",
+                  (", and the CUDA kernels launched." if device.type == "cuda" else ".") +
+                  " A compiled variant's generated loops are not aten operators: the profiler "
+                  "does not count them as calls" +
+                  ("; the CUDA kernels column does." if device.type == "cuda" else "."), "",
                   *_ops_table(ops)]  # fmt: skip
     if sub is not None:
         off, on = sub["flush_off"], sub["flush_on"]

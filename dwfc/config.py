@@ -86,8 +86,22 @@ class TrainConfig(_Section):
     max_retries: int = Field(3, ge=0)  # restarts of a diverged epoch, each with half the lr
     weight_decay: float = Field(5e-4, ge=0)  # baselines only: plain L2 on the pruned weights
     amp: bool = True  # bf16 autocast (and channels_last for conv nets) on CUDA; off on CPU
-    fused: bool = True  # all factor products in a few flat ops (dwfc/fused.py); false: per weight
+    # all factor products in a few flat ops (dwfc/fused.py); false: per weight; compile: those
+    # ops by torch.compile (a C++ compiler on the CPU, Triton on CUDA; docs/overhead.md)
+    fused: bool | Literal["compile"] = True
     checkpoint: bool = True  # save --out/checkpoint.pt every epoch, for --resume
+
+    @field_validator("fused", mode="before")
+    @classmethod
+    def _fused_mode(cls, v: object) -> object:
+        if isinstance(v, str):
+            word = v.strip().lower()
+            if word == "compile":
+                return "compile"
+            if word in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                return word in ("true", "yes", "on", "1")
+            raise ValueError("must be true, false or compile")
+        return v
 
 
 class SparsityConfig(_Section):

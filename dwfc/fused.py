@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from dwfc.errors import InputError, first_line
 from dwfc.factorize import FactorizedWeight, HadamardFactors, factorized_weights
 
 
@@ -39,43 +40,80 @@ def _view(segment: Tensor, shape: torch.Size, order: list[int]) -> Tensor:
     return stored.permute(sorted(range(len(order)), key=order.__getitem__))
 
 
+def _multiply(flat: list[Tensor], mask: Tensor | None) -> Tensor:
+    """w = f_1 * ... * f_D, zero where `mask` is False, in autograd's order ((f_1 f_2) f_3)..."""
+    weight = flat[0]
+    for factor in flat[1:]:
+        weight = weight * factor
+    if mask is not None:
+        weight = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype,
+                                                       device=weight.device))  # fmt: skip
+    return weight
+
+
+def _gradients(flat: list[Tensor], mask: Tensor | None, grad: Tensor) -> list[Tensor]:
+    """Every factor's gradient from the weight's `grad`, as autograd forms it for `_multiply`:
+    the suffix s carries the gradient from the right, grad f_d = s * (f_1 ... f_{d-1}); the
+    prefixes are recomputed, not kept."""
+    if mask is not None:
+        grad = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    prefixes: list[Tensor | None] = [None, flat[0]]
+    for factor in flat[1:-1]:
+        prefixes.append(prefixes[-1] * factor)  # type: ignore[operator]
+    grads: list[Tensor] = [grad] * len(flat)
+    suffix = grad
+    for d in range(len(flat) - 1, 0, -1):
+        grads[d] = suffix * prefixes[d]
+        suffix = suffix * flat[d]
+    grads[0] = suffix
+    return grads
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _kernels(compiled: bool) -> tuple[Any, Any]:
+    """`_multiply` and `_gradients`, or their torch.compile'd versions: one generated loop each
+    instead of one pass over memory per product (the same products in the same order)."""
+    if not compiled:
+        return _multiply, _gradients
+    if not _COMPILED:
+        _COMPILED["multiply"] = torch.compile(_multiply, dynamic=True)
+        _COMPILED["gradients"] = torch.compile(_gradients, dynamic=True)
+    return _COMPILED["multiply"], _COMPILED["gradients"]
+
+
+def check_compiles(device: torch.device) -> None:
+    """Compile and run the products once on `device`: an InputError naming the cause when
+    torch.compile cannot (no C++ compiler on the CPU, no Triton on CUDA)."""
+    multiply, gradients = _kernels(True)
+    try:
+        flat = [torch.ones(16, device=device) for _ in range(2)]
+        mask = torch.ones(16, dtype=torch.bool, device=device)
+        gradients(flat, mask, multiply(flat, mask))
+    except Exception as exc:  # noqa: BLE001 - any compiler failure: report it, train without
+        raise InputError(f"train.fused=compile: torch.compile failed on {device.type} "
+                         f"({first_line(exc)}); use train.fused=true") from None  # fmt: skip
+
+
 class _FlatProduct(torch.autograd.Function):
     """w = f_1 * ... * f_D (masked) on the bank's flat buffers; inputs are the factor
     parameters (so autograd routes each gradient to its parameter), in weight-major order."""
 
     @staticmethod
     def forward(ctx: Any, bank: FactorBank, *params: Tensor) -> Tensor:
-        flat = bank.flat
-        weight = flat[0]
-        for factor in flat[1:]:
-            weight = weight * factor
         mask = bank.mask()
-        if mask is not None:
-            weight = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype,
-                                                           device=weight.device))  # fmt: skip
+        weight = _kernels(bank.compiled)[0](bank.flat, mask)
         ctx.bank = bank
-        ctx.save_for_backward(*flat, *(() if mask is None else (mask,)))
+        ctx.save_for_backward(*bank.flat, *(() if mask is None else (mask,)))
         return weight
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         bank: FactorBank = ctx.bank
         saved = ctx.saved_tensors
-        flat, mask = saved[: bank.depth], saved[bank.depth :]
-        if mask:
-            grad = torch.where(mask[0], grad, torch.zeros((), dtype=grad.dtype,
-                                                          device=grad.device))  # fmt: skip
-        # autograd's order for ((f_1 f_2) f_3) ...: the suffix s carries the gradient from the
-        # right, grad f_d = s * (f_1 ... f_{d-1}); the prefixes are recomputed, not kept
-        prefixes: list[Tensor | None] = [None, flat[0]]
-        for factor in flat[1:-1]:
-            prefixes.append(prefixes[-1] * factor)
-        grads: list[Tensor] = [grad] * bank.depth
-        suffix = grad
-        for d in range(bank.depth - 1, 0, -1):
-            grads[d] = suffix * prefixes[d]
-            suffix = suffix * flat[d]
-        grads[0] = suffix
+        flat, mask = list(saved[: bank.depth]), saved[bank.depth :]
+        grads = _kernels(bank.compiled)[1](flat, mask[0] if mask else None, grad)
         per_weight = [bank.views(g) for g in grads]
         return None, *(per_weight[d][i] for i in range(len(bank.sizes))
                        for d in range(bank.depth))  # fmt: skip
@@ -84,7 +122,8 @@ class _FlatProduct(torch.autograd.Function):
 class FactorBank:
     """The factorized weights of one depth, dtype and device, their factors in flat buffers."""
 
-    def __init__(self, weights: list[FactorizedWeight]) -> None:
+    def __init__(self, weights: list[FactorizedWeight], compiled: bool = False) -> None:
+        self.compiled = compiled  # the products by torch.compile (`fuse_(compile=True)`)
         self.hadamards: list[HadamardFactors] = [fw.parametrization for fw in weights]
         self.depth = self.hadamards[0].depth
         self.params = [p for fw in weights for p in fw.factors]
@@ -189,7 +228,7 @@ def _banks(weights: list[FactorizedWeight], cap: int | None) -> list[list[Factor
     return [bank for banks in groups.values() for bank in banks]
 
 
-def fuse_(model: nn.Module, max_elements: int | None = -1) -> None:
+def fuse_(model: nn.Module, max_elements: int | None = -1, compile: bool = False) -> None:
     """Compute all factorized weights of `model` with a few flat operations per forward, in place.
 
     Call it with the model on its device (moving it later is detected and costs one re-layout);
@@ -197,7 +236,9 @@ def fuse_(model: nn.Module, max_elements: int | None = -1) -> None:
     `unfuse_` (and `collapse_`) undo it. A model without factorized weights is left alone.
     `max_elements` caps each flat buffer (None: no cap; -1: none on CUDA, CPU_BANK_ELEMENTS on
     the CPU, whose allocator maps larger tensors fresh from the OS on every step: a multiply of
-    11.2M floats took 22 ms into a new tensor and 3.9 ms into a reused one).
+    11.2M floats took 22 ms into a new tensor and 3.9 ms into a reused one). `compile` runs the
+    products and their gradients as torch.compile'd loops (bit for bit the same values; the
+    first step compiles, a few seconds; recipe `train.fused=compile`).
 
     Example:
         dwfc.factorize_(model, depth=3); dwfc.fuse_(model)
@@ -210,7 +251,10 @@ def fuse_(model: nn.Module, max_elements: int | None = -1) -> None:
     if max_elements == -1:
         on_cpu = weights[0].factors[0].device.type == "cpu"
         max_elements = CPU_BANK_ELEMENTS if on_cpu else None
-    model._dwfc_fusion = _Fusion(model, [FactorBank(ws) for ws in _banks(weights, max_elements)])
+    if compile:
+        check_compiles(weights[0].factors[0].device)
+    banks = [FactorBank(ws, compile) for ws in _banks(weights, max_elements)]
+    model._dwfc_fusion = _Fusion(model, banks)
 
 
 def unfuse_(model: nn.Module) -> None:
@@ -232,12 +276,12 @@ def is_fused(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def fused(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+def fused(model: nn.Module, enabled: bool = True, compile: bool = False) -> Iterator[None]:
     """`fuse_` for the duration of a block (nothing when not `enabled`), then `unfuse_`."""
     if not enabled:
         yield
         return
-    fuse_(model)
+    fuse_(model, compile=compile)
     try:
         yield
     finally:

@@ -96,6 +96,46 @@ def test_fused_training_is_bit_for_bit_the_per_weight_path(depth: int, channels_
     assert fused.b.weight is fused.a.weight  # the tie came back
 
 
+@pytest.mark.parametrize("depth", [3, 4])
+def test_compiled_products_are_bit_for_bit_the_fused_path(depth: int) -> None:
+    reference, compiled = _factorized(depth, True), _factorized(depth, True)
+    dwfc.fuse_(reference)
+    dwfc.fuse_(compiled, compile=True)
+    assert all(b.compiled for b in compiled._dwfc_fusion.banks)
+    grads_ref, grads = _train(reference), _train(compiled)
+    assert all(torch.equal(a, b) for a, b in zip(grads_ref, grads, strict=True))
+    ref_state, state = reference.state_dict(), compiled.state_dict()
+    assert all(torch.equal(ref_state[k], state[k]) for k in ref_state)
+    pruned = ~compiled.conv2.parametrizations.weight[0].mask
+    dwfc.collapse_(compiled)
+    assert bool((compiled.conv2.weight[pruned] == 0).all())
+
+
+def test_a_compiler_that_fails_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dwfc.fused as fused_module
+
+    def broken(fn: object, **kwargs: object) -> object:
+        def run(*args: object) -> object:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\ndetails")
+        return run
+
+    monkeypatch.setattr(fused_module, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    model = _factorized(3)
+    with pytest.raises(dwfc.InputError, match=r"train.fused=compile: torch.compile failed on "
+                       r"cpu \(InvalidCxxCompiler: No working C\+\+ compiler found\); use "
+                       r"train.fused=true$"):  # fmt: skip
+        dwfc.fuse_(model, compile=True)
+    assert not is_fused(model)
+
+
+def test_the_recipe_takes_compile_and_refuses_other_words() -> None:
+    assert load_recipe("default", ["train.fused=compile"]).train.fused == "compile"
+    assert load_recipe("default", ["train.fused=false"]).train.fused is False
+    with pytest.raises(dwfc.InputError, match="must be true, false or compile"):
+        load_recipe("default", ["train.fused=compiled"])
+
+
 def test_the_flat_buffers_hold_the_factors_and_follow_moves() -> None:
     model = _factorized(3)
     dwfc.fuse_(model)
@@ -212,12 +252,13 @@ def test_the_engine_fuses_and_matches_train_fused_false(method: str) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fused_on_cuda_under_autocast_matches_the_per_weight_path() -> None:
+@pytest.mark.parametrize("compile", [False, True])
+def test_fused_on_cuda_under_autocast_matches_the_per_weight_path(compile: bool) -> None:
     cuda = torch.device("cuda")
     reference, fused = _factorized(3).to(cuda), _factorized(3).to(cuda)
     for model in (reference, fused):
         model.to(memory_format=torch.channels_last)
-    dwfc.fuse_(fused)
+    dwfc.fuse_(fused, compile=compile)
     x = torch.randn(6, 2, 7, 7, device=cuda).contiguous(memory_format=torch.channels_last)
     for model in (reference, fused):
         with torch.autocast("cuda", torch.bfloat16):

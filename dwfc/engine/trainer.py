@@ -257,7 +257,7 @@ class Trainer:
         tc, sc = self.recipe.train, self.recipe.sparsity
         with (
             flush_denormal(tc.flush_denormal and self.device.type == "cpu"),
-            fused(self.model, enabled=tc.fused),
+            fused(self.model, enabled=tc.fused is not False, compile=tc.fused == "compile"),
         ):
             if self.phase == SPARSIFY:
                 if resume is None:
