@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of the fused factor products, as one script for a GPU machine (about 5 minutes
 # on an H100-class GPU): the CUDA tests, then benchmarks/overhead.py in fp32 and in bf16 autocast
-# (dense against DWF D = 2, 3, 4, per weight and fused; LeNet-5, ResNet-20, ResNet-18 at 32x32;
-# batch 128 and 256; step time, peak memory, operator calls and CUDA kernels per step).
+# (dense against DWF D = 2, 3, 4, per weight, fused and compiled; LeNet-5, ResNet-20, ResNet-18
+# at 32x32; batch 128 and 256; step time, peak memory, operator calls and CUDA kernels per step).
 # Needs torch with CUDA and dwfc's dependencies importable; writes into $OUT (default
 # benchmarks/cache/gpu-check). Copy the tables into docs/overhead-gpu.md.
 set -euo pipefail
