@@ -101,6 +101,14 @@ def _agreement(weights: dict[str, torch.Tensor], kept: dict[str, torch.Tensor]) 
     return sum(int((top[n] & kept[n]).sum()) for n in kept) / max(1, k)
 
 
+def flipped_share(final: dict[str, torch.Tensor], dense: dict[str, torch.Tensor],
+                  names: list[str]) -> float:  # fmt: skip
+    """The share of the weights `final` keeps (non-zero) whose sign differs from `dense`'s."""
+    kept = {n: final[n] != 0 for n in names}
+    flips = sum(int((kept[n] & (final[n].sign() != dense[n].sign())).sum()) for n in names)
+    return flips / max(1, sum(int(m.sum()) for m in kept.values()))
+
+
 def _median(values: list[torch.Tensor]) -> float:
     flat = torch.cat([v.flatten() for v in values])
     return float(flat.median()) if flat.numel() else math.nan
@@ -143,10 +151,9 @@ def run(model: str, method: str, overrides: list[str], dense: Path) -> dict[str,
     names = [row.name for row in report.layers]
     kept = {n: final[n] != 0 for n in names}
     state = torch.load(dense, map_location="cpu", weights_only=True)
-    flips = sum(int((kept[n] & (final[n].sign() != state[n].sign())).sum()) for n in names)
     return {"accuracy": report.accuracy.compressed_pytorch, "lr": recipe.train.lr,
             "dense_agreement": _agreement({n: state[n] for n in names}, kept),
-            "flipped": flips / max(1, sum(int(kept[n].sum()) for n in names)),
+            "flipped": flipped_share(final, state, names),
             "trace": [summarise(s, kept) for s in tracer.snapshots]}  # fmt: skip
 
 

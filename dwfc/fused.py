@@ -10,6 +10,8 @@ those of the per-weight parametrization (dwfc/factorize.py), which stays the ref
 without `fuse_` (recipe `train.fused=false`) every weight is multiplied out by itself.
 Per step this costs D - 1 products and one mask forward, about 2D products backward, whatever
 the number of layers, and keeps none of the D - 2 intermediate products per weight alive.
+`fuse_(model, compile=True)` (recipe `train.fused=compile`) runs the same products as
+torch.compile'd loops, one pass over the factors each way (docs/factorization.md).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import dwfc  # noqa: E402
 from benchmarks import accuracy_vs_sparsity as bench  # noqa: E402
 from benchmarks.bench_data import mnist5k_validation  # noqa: E402
 from benchmarks.finetune_dynamics import Tracer, summarise  # noqa: E402
+from benchmarks.finetune_masks import cut_to  # noqa: E402
+from benchmarks.finetune_mechanism import _constrained  # noqa: E402
 from benchmarks.paired import paired  # noqa: E402
 from benchmarks.paper_regime import best_at, front  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
@@ -145,3 +147,55 @@ def test_dynamics_trace_measures_misalignment_and_the_rate_on_w() -> None:
     assert row["agreement"] == 1.0  # the kept set is the top half by magnitude
     unbalanced, _ = _traced("layer")
     assert unbalanced["misalignment_kept"] > 0.01 and unbalanced["misalignment_removed"] > 0.01
+
+
+def test_the_constrained_l1_holds_signs_and_lets_no_weight_revive() -> None:
+    from unittest import mock
+
+    from synthetic import loaders, mlp
+
+    from dwfc.engine.trainer import train
+    from dwfc.methods.l1 import L1
+
+    recipe = load_recipe("default", ["train.epochs=4", "sparsity.finetune_epochs=1",
+                                     "train.log_every=2", "sparsity.target=0.8",
+                                     "sparsity.method=l1", "train.lr=0.5"])  # fmt: skip
+    seen: dict[str, list[torch.Tensor]] = {}
+    start, after_step = _constrained(True, True)
+
+    def watched(self: L1, trainer: object, step: int) -> None:
+        after_step(self, trainer, step)
+        seen.setdefault("w", []).append(self.params["0.weight"].detach().clone())
+
+    model = mlp()
+    dense = model[0].weight.detach().clone()
+    with mock.patch.object(L1, "start", start), mock.patch.object(L1, "after_step", watched):
+        train(model, ["0.weight", "2.weight"], *loaders(), recipe, torch.device("cpu"),
+              lambda *_: None)  # fmt: skip
+    zeroed = torch.zeros_like(dense, dtype=torch.bool)
+    for w in seen["w"]:
+        assert not bool((w.sign() * dense.sign() < 0).any())  # no sign ever flips
+        assert not bool(w[zeroed].any())  # a weight once zero stays zero
+        zeroed |= w == 0
+    assert 0 < int(zeroed.sum()) < dense.numel()
+
+
+def test_one_shot_retrains_exactly_the_given_mask() -> None:
+    from unittest import mock
+
+    from synthetic import loaders, mlp
+
+    from dwfc.engine.trainer import train
+    from dwfc.methods.oneshot import OneShot
+
+    recipe = load_recipe("default", ["train.epochs=2", "sparsity.finetune_epochs=1",
+                                     "sparsity.target=0.75", "sparsity.method=oneshot"])
+    model = mlp()
+    g = torch.Generator().manual_seed(3)  # a mask magnitude would not choose
+    masks = {n: torch.rand(model.get_parameter(n).shape, generator=g) < 0.25
+             for n in ("0.weight", "2.weight")}  # fmt: skip
+    with mock.patch.object(OneShot, "start", cut_to(masks)):
+        train(model, list(masks), *loaders(), recipe, torch.device("cpu"), lambda *_: None)
+    for name, mask in masks.items():
+        w = model.get_parameter(name).detach()
+        assert bool((w[~mask] == 0).all()) and bool((w[mask] != 0).all())
