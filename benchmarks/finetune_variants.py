@@ -14,7 +14,10 @@ recipes, budget and cache), with the variant's recipe overrides on top of DWF's 
 - layer init + long settle;
 - relative layer penalty: `sparsity.layer_penalty=relative`, each layer's decay divided by its
   learning-rate multiplier (benchmarks/finetune_diagnostics.py: with one global lambda, D >= 3
-  keeps the output layers nearly dense).
+  keeps the output layers nearly dense);
+- fine-tune at the training rate: `sparsity.finetune_lr` = `train.lr` instead of 0.01
+  (benchmarks/finetune_masks.py: DWF's masks are as good as L1's, the values on them are not,
+  and 3 epochs at 0.01 do not repair them).
 
 Each variant of D = 3 and D = 4 is compared seed by seed (paired) with the default DWF of its
 depth and with every baseline of docs/results-5seeds.md's runs (run those first), at the high
@@ -57,7 +60,8 @@ def variants(model: str, method: str) -> dict[str, list[str]]:
             "layer init": ["factorize.init=layer"],
             "long settle": ["sparsity.ramp_fraction=0.25"],
             "layer init + long settle": ["factorize.init=layer", "sparsity.ramp_fraction=0.25"],
-            "relative layer penalty": ["sparsity.layer_penalty=relative"]}
+            "relative layer penalty": ["sparsity.layer_penalty=relative"],
+            "fine-tune at the training rate": [f"sparsity.finetune_lr={lr:g}"]}
 
 
 def specs_for(models: list[str], seeds: list[int]) -> list[dict[str, Any]]:
