@@ -36,13 +36,10 @@ import torch  # noqa: E402
 import dwfc  # noqa: E402
 from benchmarks import accuracy_vs_sparsity as avs  # noqa: E402
 from benchmarks.bench_data import pretrain  # noqa: E402
-from benchmarks.finetune_mechanism import _versus  # noqa: E402
+from benchmarks.finetune_mechanism import MODEL, SEEDS, SPARSITIES, versus  # noqa: E402
 from dwfc._atomic import write_text_atomic  # noqa: E402
 from dwfc.methods.oneshot import OneShot  # noqa: E402
 
-MODEL = "lenet5"
-SPARSITIES = (0.99, 0.995)
-SEEDS = (0, 1, 2, 3, 4)
 SOURCES = ("dwf3", "l1")  # whose masks are retrained, beside the dense magnitude mask
 MASKS = {"dense": "dense magnitude (one-shot)", "dwf3": "DWF D=3's", "l1": "L1's",
          "dwf3_short": "DWF D=3's after 15 epochs, retrained 12 (33 epochs in all)"}
@@ -118,9 +115,9 @@ def page(cells: list[dict[str, Any]], note: str) -> str:
             if mask in own_of(here):
                 own = {c["seed"]: c["own"][mask] for c in here}
                 own_cells = (f"{_mean_sd(own)} | "
-                             f"{'–' if mask == 'l1' else _versus(own, l1_own)}")  # fmt: skip
+                             f"{'–' if mask == 'l1' else versus(own, l1_own)}")  # fmt: skip
             lines.append(f"| {sparsity} | {label} | {own_cells} | {_mean_sd(re)} | "
-                         f"{'–' if mask == 'l1' else _versus(re, l1_re)} |")  # fmt: skip
+                         f"{'–' if mask == 'l1' else versus(re, l1_re)} |")  # fmt: skip
         overlap = statistics.fmean(c["jaccard"] for c in here)
         lines.append(f"| {sparsity} | overlap of DWF D=3's and L1's kept weights: "
                      f"{100 * overlap:.1f}% | | | | |")  # fmt: skip

@@ -99,7 +99,7 @@ def _reference() -> dict[float, dict[int, float]]:
     return found
 
 
-def _versus(a: dict[int, float], b: dict[int, float]) -> str:
+def versus(a: dict[int, float], b: dict[int, float]) -> str:
     """a - b in points with its interval, bold where the interval excludes zero."""
     diff = paired(a, b)
     if diff is None:
@@ -125,7 +125,7 @@ def page(results: dict[tuple[float, str], dict[int, dict[str, Any]]], note: str)
             runs = results[(sparsity, variant)]
             acc = [100 * r["accuracy"] for r in runs.values()]
             flips = statistics.fmean(100 * r["flipped"] for r in runs.values())
-            cell = "–" if variant == "L1" else _versus(
+            cell = "–" if variant == "L1" else versus(
                 {s: r["accuracy"] for s, r in runs.items()}, plain)
             lines.append(f"| {sparsity} | {variant} | {statistics.fmean(acc):.1f} ± "
                          f"{statistics.stdev(acc):.1f} | {flips:.2f}% | {cell} |")
@@ -133,7 +133,7 @@ def page(results: dict[tuple[float, str], dict[int, dict[str, Any]]], note: str)
             acc = [100 * a for a in dwf3[sparsity].values()]
             lines.append(f"| {sparsity} | DWF D=3 (reference) | {statistics.fmean(acc):.1f} ± "
                          f"{statistics.stdev(acc):.1f} | – | "
-                         f"{_versus(dwf3[sparsity], plain)} |")
+                         f"{versus(dwf3[sparsity], plain)} |")
     command = shlex.join(["python", "benchmarks/finetune_mechanism.py", *sys.argv[1:]])
     lines += ["", "Reproduce:", "", "```", command, "```"]
     return "\n".join(lines) + "\n"
