@@ -1,6 +1,6 @@
 """Issue 14, part 3: is DWF behind L1 at high sparsity for what it keeps, or for its values?
 
-    python benchmarks/finetune_masks.py   # 20 min on 2 cores: docs/results-finetune-masks.md
+    python benchmarks/finetune_masks.py   # 25 min on 2 cores: docs/results-finetune-masks.md
 
 On LeNet-5 at sparsity 0.99 and 0.995, seeds 0-4, DWF D = 3 and L1 each run their bench run
 (benchmarks/accuracy_vs_sparsity.py's recipes, budget, dense checkpoint, data order). Their
@@ -11,7 +11,9 @@ same retraining for every mask isolates the choice of weights from the values tr
 them: if DWF's mask retrains as well as L1's, DWF loses on its values, not on its selection.
 That retraining doubles the budget; the last row keeps it: DWF D = 3 for 15 epochs (plus its 3
 of fine-tuning), then its mask retrained for 12 (plus 3), 33 epochs in all, as every bench run
-(SHORT, REST).
+(SHORT, REST). A second table fine-tunes DWF's own values within the budget: its 30 epochs
+without the factor fine-tune, then 3 epochs of masked plain SGD from them (PLAIN_FINETUNE), as
+they are and with each layer's kept weights rescaled to the dense RMS on the same entries.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ SOURCES = ("dwf3", "l1")  # whose masks are retrained, beside the dense magnitud
 MASKS = {"dense": "dense magnitude (one-shot)", "dwf3": "DWF D=3's", "l1": "L1's",
          "dwf3_short": "DWF D=3's after 15 epochs, retrained 12 (33 epochs in all)"}
 SHORT, REST = 15, 12  # epochs of the budget-keeping row (each plus 3 of fine-tuning)
+NO_FINETUNE = ("sparsity.finetune_epochs=0",)
+PLAIN_FINETUNE = ("train.epochs=3", "sparsity.finetune_epochs=0", "train.lr=0.01")
+FINETUNES = {"dwf3": "its factors, masked, 3 epochs at lr 0.01 (the bench run)",
+             "plain": "its collapsed weights, masked plain SGD, 3 epochs at lr 0.01",
+             "rescaled": "the same, each layer's kept RMS first set back to the dense model's"}
 Masks = dict[str, torch.Tensor]
 
 
@@ -59,8 +66,9 @@ def cut_to(masks: Masks) -> Any:
 
 
 def _compress(method: str, sparsity: float, seed: int, dense: Path, masks: Masks | None = None,
-              overrides: tuple[str, ...] = ()) -> tuple[float, Masks]:  # fmt: skip
-    """A bench run's accuracy and final masks; `masks`: oneshot cuts to them instead."""
+              overrides: tuple[str, ...] = ()) -> tuple[float, Masks, Masks]:  # fmt: skip
+    """A bench run's accuracy, final masks and final weights; `masks`: oneshot cuts to them
+    instead of the magnitudes of `dense` (the checkpoint it starts from)."""
     spec = {"model": MODEL, "method": method, "sparsity": sparsity, "seed": seed,
             "split": "test", "recipes": str(avs.RECIPES), "overrides": list(overrides)}
     recipe = avs.load_run_recipe(spec)
@@ -68,7 +76,28 @@ def _compress(method: str, sparsity: float, seed: int, dense: Path, masks: Masks
           tempfile.TemporaryDirectory() as tmp):  # fmt: skip
         report = dwfc.compress(dense, Path(tmp) / "out", recipe)
         final = dwfc.load_sparse(Path(tmp) / "out" / "model.safetensors")
-    return report.accuracy.compressed_pytorch, {r.name: final[r.name] != 0 for r in report.layers}
+    kept = {r.name: final[r.name] != 0 for r in report.layers}
+    return report.accuracy.compressed_pytorch, kept, final
+
+
+def plain_finetunes(sparsity: float, seed: int,
+                    dense: Path) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+    """DWF D = 3 without its factor fine-tune, then its own values fine-tuned as plain weights
+    (PLAIN_FINETUNE), as they are and with each layer's kept RMS set back to the dense one's."""
+    state = torch.load(dense, map_location="cpu", weights_only=True)
+    _, kept, values = _compress("dwf3", sparsity, seed, dense, overrides=NO_FINETUNE)
+    ratios = {n: float(values[n][m].pow(2).mean().sqrt() / state[n][m].pow(2).mean().sqrt())
+              for n, m in kept.items()}  # fmt: skip
+    scaled = {k: v.clone() for k, v in values.items()}
+    for n, m in kept.items():
+        scaled[n][m] /= ratios[n]
+    found = {}
+    for label, start in (("plain", values), ("rescaled", scaled)):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "start.pt"
+            torch.save(start, path)
+            found[label] = _compress("oneshot", sparsity, seed, path, kept, PLAIN_FINETUNE)[0]
+    return found, ratios
 
 
 def cell(job: tuple[float, int, str]) -> dict[str, Any]:
@@ -77,12 +106,12 @@ def cell(job: tuple[float, int, str]) -> dict[str, Any]:
     torch.set_num_threads(1)
     own, masks = {}, {}
     for method in SOURCES:
-        own[method], masks[method] = _compress(method, sparsity, seed, Path(dense))
+        own[method], masks[method], _ = _compress(method, sparsity, seed, Path(dense))
     retrained = {"dense": _compress("oneshot", sparsity, seed, Path(dense))[0]}
     for method in SOURCES:
         retrained[method] = _compress("oneshot", sparsity, seed, Path(dense), masks[method])[0]
-    own["dwf3_short"], short = _compress("dwf3", sparsity, seed, Path(dense),
-                                         overrides=(f"train.epochs={SHORT}",))
+    own["dwf3_short"], short, _ = _compress("dwf3", sparsity, seed, Path(dense),
+                                            overrides=(f"train.epochs={SHORT}",))
     retrained["dwf3_short"] = _compress("oneshot", sparsity, seed, Path(dense), short,
                                         (f"train.epochs={REST}",))[0]
     a, b = masks["dwf3"], masks["l1"]
@@ -90,8 +119,10 @@ def cell(job: tuple[float, int, str]) -> dict[str, Any]:
     either = sum(int((a[n] | b[n]).sum()) for n in a)
     print(sparsity, seed, "own", {k: round(100 * v, 1) for k, v in own.items()}, "retrained",
           {k: round(100 * v, 1) for k, v in retrained.items()}, flush=True)  # fmt: skip
+    finetuned, ratios = plain_finetunes(sparsity, seed, Path(dense))
     return {"sparsity": sparsity, "seed": seed, "own": own, "retrained": retrained,
-            "jaccard": both / max(1, either)}  # fmt: skip
+            "jaccard": both / max(1, either), "finetuned": finetuned,
+            "ratios": ratios}  # fmt: skip
 
 
 def page(cells: list[dict[str, Any]], note: str) -> str:
@@ -121,6 +152,21 @@ def page(cells: list[dict[str, Any]], note: str) -> str:
         overlap = statistics.fmean(c["jaccard"] for c in here)
         lines.append(f"| {sparsity} | overlap of DWF D=3's and L1's kept weights: "
                      f"{100 * overlap:.1f}% | | | | |")  # fmt: skip
+    lines += ["", "Fine-tuning DWF D = 3's own values within the same 33 epochs (30 of DWF, "
+              "then 3): accuracy, and the paired difference against L1's own run. *Kept RMS*: "
+              "the RMS of each layer's kept weights at the cut over the dense model's RMS on the "
+              "same entries, median over seeds (above 1: grown).", "",
+              "| sparsity | DWF D=3's fine-tune | accuracy | vs L1 |", "| --- | --- | --- | --- |"]
+    for sparsity in SPARSITIES:
+        here = [c for c in cells if c["sparsity"] == sparsity]
+        l1_own = {c["seed"]: c["own"]["l1"] for c in here}
+        for key, label in FINETUNES.items():
+            got = {c["seed"]: c["own"]["dwf3"] if key == "dwf3" else c["finetuned"][key]
+                   for c in here}  # fmt: skip
+            lines.append(f"| {sparsity} | {label} | {_mean_sd(got)} | {versus(got, l1_own)} |")
+        ratios = ", ".join(f"{n} {statistics.median(c['ratios'][n] for c in here):.2f}"
+                           for n in here[0]["ratios"])  # fmt: skip
+        lines.append(f"| {sparsity} | kept RMS: {ratios} | | |")
     command = shlex.join(["python", "benchmarks/finetune_masks.py", *sys.argv[1:]])
     lines += ["", "Reproduce:", "", "```", command, "```"]
     return "\n".join(lines) + "\n"
