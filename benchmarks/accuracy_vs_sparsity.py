@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from math import nan
 from multiprocessing import get_context
@@ -82,6 +82,21 @@ def load_run_recipe(spec: dict[str, Any]) -> Any:
     if spec["split"] == "val":
         overrides.append(f"data.source={VALIDATION_SOURCE}")
     return load_recipe(source, overrides)
+
+
+def compress_bench_run(model: str, method: str, sparsity: float, seed: int, dense: Path,
+                       overrides: Sequence[str] = ()) -> tuple[Any, RunReport, dict[str, Any]]:
+    """One bench run on the test split, in this process and uncached (diagnostics patch the
+    methods around it): its resolved recipe, its report and its final weights."""
+    import dwfc
+
+    spec = {"model": model, "method": method, "sparsity": sparsity, "seed": seed,
+            "split": "test", "recipes": str(RECIPES), "overrides": list(overrides)}
+    recipe = load_run_recipe(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = dwfc.compress(dense, Path(tmp) / "out", recipe)
+        final = dwfc.load_sparse(Path(tmp) / "out" / SAFETENSORS)
+    return recipe, report, final
 
 
 # Bumped when dwfc trains differently for the same recipe, so that older cached runs are not

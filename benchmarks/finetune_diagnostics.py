@@ -14,7 +14,6 @@ factor learning-rate multiplier the engine applies (`train.lr_scaling=per_layer`
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import dwfc  # noqa: E402
 from benchmarks import accuracy_vs_sparsity as avs  # noqa: E402
 from benchmarks.bench_data import pretrain  # noqa: E402
 from benchmarks.bench_report import LABELS  # noqa: E402
@@ -36,11 +34,7 @@ SPARSITY = 0.99
 
 
 def run(model: str, method: str, dense: Path) -> dict[str, Any]:
-    spec = {"model": model, "method": method, "sparsity": SPARSITY, "seed": 0, "split": "test",
-            "recipes": str(avs.RECIPES)}  # fmt: skip
-    recipe = avs.load_run_recipe(spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        report = dwfc.compress(dense, Path(tmp) / "out", recipe)
+    recipe, report, _ = avs.compress_bench_run(model, method, SPARSITY, 0, dense)
     state = torch.load(dense, map_location="cpu", weights_only=True)
     rms = {row.name: float(state[row.name].pow(2).mean().sqrt()) for row in report.layers}
     depth = recipe.factorize.depth

@@ -25,7 +25,6 @@ import argparse
 import math
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -36,7 +35,6 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import dwfc  # noqa: E402
 from benchmarks import accuracy_vs_sparsity as avs  # noqa: E402
 from benchmarks.bench_data import pretrain  # noqa: E402
 from benchmarks.bench_report import LABELS  # noqa: E402
@@ -129,9 +127,6 @@ def summarise(snapshot: dict[str, Any], kept: dict[str, torch.Tensor]) -> dict[s
 
 
 def run(model: str, method: str, overrides: list[str], dense: Path) -> dict[str, Any]:
-    spec = {"model": model, "method": method, "sparsity": SPARSITY, "seed": 0, "split": "test",
-            "recipes": str(avs.RECIPES), "overrides": overrides}  # fmt: skip
-    recipe = avs.load_run_recipe(spec)
     tracer = Tracer()
     start, after = Dwf.start, Dwf.after_step
 
@@ -144,10 +139,9 @@ def run(model: str, method: str, overrides: list[str], dense: Path) -> dict[str,
         tracer.record(self, trainer, step)
 
     with (mock.patch.object(Dwf, "start", traced_start),
-          mock.patch.object(Dwf, "after_step", traced_after),
-          tempfile.TemporaryDirectory() as tmp):  # fmt: skip
-        report = dwfc.compress(dense, Path(tmp) / "out", recipe)
-        final = dwfc.load_sparse(Path(tmp) / "out" / "model.safetensors")
+          mock.patch.object(Dwf, "after_step", traced_after)):  # fmt: skip
+        recipe, report, final = avs.compress_bench_run(model, method, SPARSITY, 0, dense,
+                                                       overrides)  # fmt: skip
     names = [row.name for row in report.layers]
     kept = {n: final[n] != 0 for n in names}
     state = torch.load(dense, map_location="cpu", weights_only=True)

@@ -35,7 +35,6 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import dwfc  # noqa: E402
 from benchmarks import accuracy_vs_sparsity as avs  # noqa: E402
 from benchmarks.bench_data import pretrain  # noqa: E402
 from benchmarks.finetune_mechanism import MODEL, SEEDS, SPARSITIES, versus  # noqa: E402
@@ -69,13 +68,8 @@ def _compress(method: str, sparsity: float, seed: int, dense: Path, masks: Masks
               overrides: tuple[str, ...] = ()) -> tuple[float, Masks, Masks]:  # fmt: skip
     """A bench run's accuracy, final masks and final weights; `masks`: oneshot cuts to them
     instead of the magnitudes of `dense` (the checkpoint it starts from)."""
-    spec = {"model": MODEL, "method": method, "sparsity": sparsity, "seed": seed,
-            "split": "test", "recipes": str(avs.RECIPES), "overrides": list(overrides)}
-    recipe = avs.load_run_recipe(spec)
-    with (mock.patch.object(OneShot, "start", cut_to(masks)) if masks else nullcontext(),
-          tempfile.TemporaryDirectory() as tmp):  # fmt: skip
-        report = dwfc.compress(dense, Path(tmp) / "out", recipe)
-        final = dwfc.load_sparse(Path(tmp) / "out" / "model.safetensors")
+    with mock.patch.object(OneShot, "start", cut_to(masks)) if masks else nullcontext():
+        _, report, final = avs.compress_bench_run(MODEL, method, sparsity, seed, dense, overrides)
     kept = {r.name: final[r.name] != 0 for r in report.layers}
     return report.accuracy.compressed_pytorch, kept, final
 

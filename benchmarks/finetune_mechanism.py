@@ -23,7 +23,6 @@ import json
 import shlex
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -34,7 +33,6 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import dwfc  # noqa: E402
 from benchmarks import accuracy_vs_sparsity as avs  # noqa: E402
 from benchmarks.bench_data import pretrain  # noqa: E402
 from benchmarks.finetune_dynamics import flipped_share  # noqa: E402
@@ -73,16 +71,11 @@ def _constrained(hold_signs: bool, no_revival: bool) -> tuple[Any, Any]:
 
 
 def run(sparsity: float, seed: int, variant: str, dense: Path) -> dict[str, Any]:
-    spec = {"model": MODEL, "method": "l1", "sparsity": sparsity, "seed": seed, "split": "test",
-            "recipes": str(avs.RECIPES)}  # fmt: skip
-    recipe = avs.load_run_recipe(spec)
     hold, no_revival = VARIANTS[variant]
     state = torch.load(dense, map_location="cpu", weights_only=True)
     start, after_step = _constrained(hold, no_revival)
-    with (mock.patch.object(L1, "start", start), mock.patch.object(L1, "after_step", after_step),
-          tempfile.TemporaryDirectory() as tmp):  # fmt: skip
-        report = dwfc.compress(dense, Path(tmp) / "out", recipe)
-        final = dwfc.load_sparse(Path(tmp) / "out" / "model.safetensors")
+    with mock.patch.object(L1, "start", start), mock.patch.object(L1, "after_step", after_step):
+        _, report, final = avs.compress_bench_run(MODEL, "l1", sparsity, seed, dense)
     names = [row.name for row in report.layers]
     return {"accuracy": report.accuracy.compressed_pytorch,
             "flipped": flipped_share(final, state, names)}
@@ -143,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--note", default="", help="a paragraph for the page: what it shows")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the page's figures were measured so; two threads round otherwise
     dense = pretrain(MODEL, "test", (ROOT / "benchmarks" / "cache").resolve(), 20)
     results: dict[tuple[float, str], dict[int, dict[str, Any]]] = {}
     for sparsity in SPARSITIES:

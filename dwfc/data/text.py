@@ -107,15 +107,17 @@ def _splits(cfg: DataConfig) -> tuple[Any, Any]:
         if "train" not in table:
             raise InputError(f"{path}: the saved data set has no train split (has "
                              f"{', '.join(table)})")  # fmt: skip
-        held = table[_eval_split(table)] if _eval_split(table) else None
+        split = _eval_split(table)
+        held = table[split] if split else None
         table = table["train"]
     _check_columns(table, cfg, str(path))
     if cfg.eval_source is not None:
         other = _read(_path(cfg.eval_source))
         if isinstance(other, datasets.DatasetDict):
-            if _eval_split(other) is None:
+            split = _eval_split(other)
+            if split is None:
                 raise InputError(f"{cfg.eval_source}: no {' or '.join(EVAL_SPLITS)} split")
-            other = other[_eval_split(other)]
+            other = other[split]
         return table, other
     if held is not None:
         return table, held
