@@ -152,6 +152,9 @@ class StructureConfig(_Section):
     round_to: int = Field(8, ge=1)  # channel: each layer keeps a multiple of this many channels
     exclude: list[str] = Field(default_factory=list)  # channel: layers never shrunk (glob, re:)
     penalty: Literal["macs", "uniform"] = "macs"  # channel penalty per group: by MACs, or equal
+    # group: each group's lambda over its scale^(2/D), so the penalty reads channel norms in units
+    # of the group's scale, as the cut and the controller do | none: absolute norms
+    penalty_scale: Literal["group", "none"] = "group"
     lambda_init: float = Field(0.03, gt=0)  # channel methods with a penalty: starting lambda
 
 

@@ -266,3 +266,30 @@ def test_load_pruned_rebuilds_the_smaller_model_from_the_architecture(tmp_path):
         load_pruned(other, resnet_mini())
     with pytest.raises(InputError, match="does not fit"):
         rebuild_(lenet5(), spec)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_the_penalty_reads_channel_norms_in_units_of_the_group_scale(depth):
+    """structure.penalty_scale=group: a group whose tensors are c times larger gets c^(-2/D)
+    times the lambda, so its penalty lambda_g ||c w_c||^(2/D) is what it was; `none` keeps
+    lambda_g."""
+    from dwfc.config import load_recipe
+    from dwfc.engine.schedule import Schedule
+    from dwfc.methods.gating import DGating
+
+    def weighting(scale: str, factor: float) -> dict[str, float]:
+        model, x = _model("resnet_mini")
+        plan = plan_channels(model, x, round_to=1)
+        first = plan.removable[0]
+        with torch.no_grad():
+            for gt in first.gated:
+                model.get_parameter(gt.param).mul_(factor)
+        recipe = load_recipe("default", ["structure.kind=channel", f"factorize.depth={depth}",
+                                         f"structure.penalty_scale={scale}"])  # fmt: skip
+        DGating.prepare(model, plan, recipe)
+        method = DGating(model, plan, recipe, Schedule.of(recipe, steps_per_epoch=4))
+        other = plan.removable[1].name
+        return method.weighting[first.name] / method.weighting[other]
+
+    assert weighting("group", 4.0) == pytest.approx(weighting("group", 1.0) * 4.0 ** (-2 / depth))
+    assert weighting("none", 4.0) == pytest.approx(weighting("none", 1.0))

@@ -104,11 +104,24 @@ class ChannelMethod(Method):
     def target(self) -> float:
         return 1.0 - 1.0 / self.recipe.structure.target_speedup
 
-    def penalty_weights(self) -> dict[str, float]:
-        """Each group's multiplier of lambda (structure.penalty)."""
-        if self.recipe.structure.penalty == "macs":
-            return self.plan.penalty_weights()
-        return {g.name: 1.0 for g in self.groups}
+    def penalty_weights(self, exponent: float) -> dict[str, float]:
+        """Each group's multiplier of lambda, for a penalty on `||w_c||^exponent`: by the MACs
+        one channel costs (structure.penalty=macs) or equal, and with
+        structure.penalty_scale=group divided by the group's scale^exponent, so that the
+        penalty, like the cut and the controller, reads channel norms in units of the group's
+        scale (a group a BatchNorm normalises is free in scale). 1 on average over the
+        channels."""
+        st = self.recipe.structure
+        if st.penalty == "macs":
+            weights = self.plan.penalty_weights()
+        else:
+            weights = {g.name: 1.0 for g in self.groups}
+        if st.penalty_scale == "none":
+            return weights
+        weights = {n: w / max(self.rms[n], 1e-12) ** exponent for n, w in weights.items()}
+        channels = sum(g.size for g in self.groups)
+        mean = sum(weights[g.name] * g.size for g in self.groups) / channels if channels else 1.0
+        return {n: w / mean if mean > 0 else 1.0 for n, w in weights.items()}
 
     def cut(
         self, scores: dict[str, Tensor], speedup: float, exact: bool = True

@@ -3,8 +3,9 @@
 `prepare` gates the removable groups balanced (dwfc/structure/gates.py): the gated model computes
 what the original did. Weight decay 2 lambda / D on each channel's omega and gates is exactly
 lambda * sum_c ||w_c||^(2/D). dwfc weights lambda per group by the MACs a channel costs
-(structure.penalty=macs) and, in groups a BatchNorm normalises, leaves the `keeps` largest
-channels out (they are never removed: decaying them only shrinks the scale-free layer).
+(structure.penalty=macs) over the group's scale^(2/D) (structure.penalty_scale=group) and, in
+groups a BatchNorm normalises, leaves the `keeps` largest channels out (they are never removed:
+decaying them only shrinks the scale-free layer).
 lambda is steered to the target speed-up by DWF's controller on the MAC share of the channels
 under the control threshold. At the end of the ramp (as for group_gmp, the same budget): the exact
 cut by channel norm to the target; the rest of the sparsify phase and the fine-tune train the
@@ -56,7 +57,7 @@ class DGating(ChannelMethod):
         tc = recipe.train
         self.scales = lr_scales(self.rms, dict.fromkeys(self.rms, self.depth), tc.lr_scaling,
                                 tc.max_lr_scale)  # fmt: skip
-        self.weighting = self.penalty_weights()
+        self.weighting = self.penalty_weights(2.0 / self.depth)
         self.ctl = self.make_controller(recipe.structure.lambda_init)
         modules = dict(model.named_modules())
         self.scale_free = {g.name for g in self.groups if any(

@@ -1,7 +1,7 @@
 """group_lasso: group lasso by proximal SGD, lambda steered to the target, then magnitude pruning.
 
 The penalty is sum_c lambda_g ||w_c||_2 over the same channel weights D-Gating gates (lambda_g:
-lambda weighted by structure.penalty, as for D-Gating). After each
+lambda weighted by structure.penalty and penalty_scale, as for D-Gating). After each
 sparsify step, w_c <- w_c * max(0, 1 - lr * lambda / ||w_c||); lambda follows DWF's controller
 on the MAC share. Then the exact cut by channel norm and the masked fine-tune.
 """
@@ -29,7 +29,7 @@ class GroupLasso(PrunedChannels):
 
     def __init__(self, model: nn.Module, plan: ChannelPlan, recipe: Recipe, schedule: Schedule):
         super().__init__(model, plan, recipe, schedule)
-        self.weighting = self.penalty_weights()
+        self.weighting = self.penalty_weights(1.0)
         self.ctl = self.make_controller(recipe.structure.lambda_init)
 
     phase = Method.phase  # sparsify, then settle: as DWF

@@ -1,11 +1,11 @@
 """slimming: Network Slimming (Liu et al. 2017), L1 on the BatchNorm scales, then their cut.
 
 After each sparsify step, gamma <- sign(gamma) * max(|gamma| - lr * lambda, 0) on the scale of
-every BatchNorm of a removable group (lambda weighted per group by structure.penalty); lambda
-follows DWF's controller on the MAC share. Channels are ranked by |gamma| (Torch-Pruning's
-`BNScaleImportance`, over the group's mean); groups without BatchNorm are not pruned (their
-channels score +inf, which the cut never takes). Models without BatchNorm, and targets that the
-BatchNorm groups alone cannot reach, are refused before training.
+every BatchNorm of a removable group (lambda weighted per group by structure.penalty and
+penalty_scale); lambda follows DWF's controller on the MAC share. Channels are ranked by |gamma|
+(Torch-Pruning's `BNScaleImportance`, over the group's mean); groups without BatchNorm are not
+pruned (their channels score +inf, which the cut never takes). Models without BatchNorm, and
+targets that the BatchNorm groups alone cannot reach, are refused before training.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Slimming(PrunedChannels):
                              f"scale: at most {most:.2f}x, less than "
                              f"{named('structure.target_speedup')}={target:g}")  # fmt: skip
         super().__init__(model, plan, recipe, schedule)
-        self.weighting = self.penalty_weights()
+        self.weighting = self.penalty_weights(1.0)
         self.ctl = self.make_controller(recipe.structure.lambda_init)
 
     phase = Method.phase

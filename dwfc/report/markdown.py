@@ -315,7 +315,8 @@ def _method_section(r: RunReport) -> str:
     if dwf and r.structure is not None:
         note = ("Weight decay wd on each channel's weights and its D - 1 gates acts as the group "
                 "penalty λ·‖w<sub>c</sub>‖<sub>2</sub><sup>2/D</sup> on each channel, with "
-                "λ = D·wd/2 (per group, weighted by its MACs with structure.penalty=macs).")
+                "λ = D·wd/2 (per group, weighted by structure.penalty and "
+                "structure.penalty_scale).")
     elif dwf:
         note = ("Weight decay wd on each of the D factors acts as an L<sub>2/D</sub> penalty "
                 "λ·‖w‖<sub>2/D</sub><sup>2/D</sup> on the collapsed weight, with λ = D·wd/2.")
