@@ -10,7 +10,10 @@ import torch
 import torchvision
 from torch import nn
 
+from dwfc.config import load_recipe
+from dwfc.engine.schedule import Schedule
 from dwfc.errors import ExportCheckError, InputError
+from dwfc.methods.gating import DGating
 from dwfc.structure import (
     check_target,
     count_macs,
@@ -273,11 +276,7 @@ def test_the_penalty_reads_channel_norms_in_units_of_the_group_scale(depth):
     """structure.penalty_scale=group: a group whose tensors are c times larger gets c^(-2/D)
     times the lambda, so its penalty lambda_g ||c w_c||^(2/D) is what it was; `none` keeps
     lambda_g."""
-    from dwfc.config import load_recipe
-    from dwfc.engine.schedule import Schedule
-    from dwfc.methods.gating import DGating
-
-    def weighting(scale: str, factor: float) -> dict[str, float]:
+    def weighting(scale: str, factor: float) -> float:
         model, x = _model("resnet_mini")
         plan = plan_channels(model, x, round_to=1)
         first = plan.removable[0]

@@ -112,13 +112,10 @@ class ChannelMethod(Method):
         scale (a group a BatchNorm normalises is free in scale). 1 on average over the
         channels."""
         st = self.recipe.structure
-        if st.penalty == "macs":
-            weights = self.plan.penalty_weights()
-        else:
-            weights = {g.name: 1.0 for g in self.groups}
-        if st.penalty_scale == "none":
-            return weights
-        weights = {n: w / max(self.rms[n], 1e-12) ** exponent for n, w in weights.items()}
+        weights = {g.name: self.plan.channel_macs[g.name] if st.penalty == "macs" else 1.0
+                   for g in self.groups}  # fmt: skip
+        if st.penalty_scale == "group":
+            weights = {n: w / max(self.rms[n], 1e-12) ** exponent for n, w in weights.items()}
         channels = sum(g.size for g in self.groups)
         mean = sum(weights[g.name] * g.size for g in self.groups) / channels if channels else 1.0
         return {n: w / mean if mean > 0 else 1.0 for n, w in weights.items()}

@@ -36,15 +36,6 @@ class ChannelPlan:
     estimate: MacModel = field(repr=False)
     channel_macs: dict[str, float] = field(default_factory=dict)  # MACs one channel costs, dense
 
-    def penalty_weights(self) -> dict[str, float]:
-        """Each removable group's share of the penalty per channel, by its channels' MACs: 1 on
-        average over all their channels (structure.penalty=macs)."""
-        groups = self.removable
-        total = sum(self.channel_macs[g.name] * g.size for g in groups)
-        channels = sum(g.size for g in groups)
-        mean = total / channels if channels else 1.0
-        return {g.name: self.channel_macs[g.name] / mean if mean > 0 else 1.0 for g in groups}
-
     @property
     def removable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.removable]
