@@ -3,6 +3,7 @@ onnxruntime speed-up, on mnist5k, for LeNet-5 and a small residual CNN with Batc
 
     python benchmarks/structured.py --search   # learning rates on the validation split
     python benchmarks/structured.py            # 3 seeds x 2x/4x/8x -> docs/results-structured.md
+    python benchmarks/structured.py --set structure.min_keep=0.25 --out docs/results-x.md
 
 Every run goes through `dwfc.compress` with `structure.kind=channel` from one dense checkpoint
 per model (pretrained once, seeded), with the same budget for every method. Each finished run is
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -65,7 +67,6 @@ QUICK = ["train.epochs=1", "sparsity.finetune_epochs=1"]
 FIXED = ["structure.kind=channel", "train.checkpoint=false"]
 CACHE_VERSION = 1
 SEARCH_FILE = ROOT / "benchmarks" / "recipes" / "structured-search.json"
-PLOT_NAME = "results-structured.png"
 
 
 def applies(model: str, method: str) -> bool:
@@ -279,7 +280,8 @@ def plot(path: Path, models: list[str], cells: dict, methods: list[str]) -> None
 def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]],
                lrs: dict[str, dict[str, float]], command: str) -> None:  # fmt: skip
     cells = _cells(results)
-    plot(out.parent / PLOT_NAME, args.models, cells, args.methods)
+    plot_name = out.stem + ".png"
+    plot(out.parent / plot_name, args.models, cells, args.methods)
     first = next((r for r in results if r.get("cpu")), {})
     parts = [
         "# Structured DWF: accuracy against measured speed-up",
@@ -293,7 +295,8 @@ def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]
         "Every run starts from one dense checkpoint per model (pretrained on mnist5k's 4,000 "
         "training images), compresses with `structure.kind=channel` to the MAC speed-up of the "
         f"column (dense MACs / MACs of the physically smaller model), budget `{' '.join(BUDGET)}` "
-        "for every method, and is scored on the 1,000 test images by the exported, smaller "
+        + (f"and `{' '.join(args.set)}` " if args.set else "")
+        + "for every method, and is scored on the 1,000 test images by the exported, smaller "
         "`model.onnx` in onnxruntime. Accuracy: mean ± standard deviation over the seeds "
         f"({', '.join(map(str, args.seeds))}). ORT: onnxruntime latency of the original over "
         "the compressed model, measured in the same run (interleaved rounds, median; batch 64, "
@@ -303,7 +306,7 @@ def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]
         f"{SEARCH_SPEEDUP:g}x on a validation split (500 of the training images) from "
         f"{', '.join(map(str, SEARCH_LR))}: {json.dumps(lrs)}.",
         "",
-        f"![accuracy against measured speed-up]({PLOT_NAME})",
+        f"![accuracy against measured speed-up]({plot_name})",
         "",
         "The plot: median accuracy over the seeds, bars from the lowest to the highest seed. What "
         "the figures mean, and the diagnostics behind them: "
@@ -338,13 +341,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="rebuild the page from the runs")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache" / "structured")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-structured.md")
-    return p.parse_args(argv)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides for every run (an ablation: give it its own --out)")
+    args = p.parse_args(argv)
+    if args.set and args.search:
+        p.error("--search chooses the learning rates of the benchmark itself: not with --set")
+    return args
+
+
+def run_budget(args: argparse.Namespace) -> list[str]:
+    """The overrides every run gets after its own: the budget, then an ablation's `--set`."""
+    return [*(QUICK if args.quick else BUDGET), *args.set]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    budget = QUICK if args.quick else BUDGET
+    budget = run_budget(args)
     runs_file = args.out.with_name(args.out.stem + "_runs.json")
     if args.search:
         chosen = run_search(args, budget)
@@ -353,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.write_text(json.dumps(chosen, indent=1) + "\n")
         print(json.dumps(chosen))
     lrs = json.loads(SEARCH_FILE.read_text()) if SEARCH_FILE.is_file() else {}
-    command = "python benchmarks/structured.py" + (" --quick" if args.quick else "")
+    command = shlex.join(["python", "benchmarks/structured.py", *(sys.argv[1:] if argv is None
+                                                                  else argv)])
     if args.report_only:
         saved = json.loads(runs_file.read_text())
         write_page(args.out, args, saved["runs"], saved["lrs"], saved["command"])

@@ -151,6 +151,8 @@ class StructureConfig(_Section):
     target_speedup: float = Field(2.0, gt=1)  # channel: dense MACs / compressed MACs
     round_to: int = Field(8, ge=1)  # channel: each layer keeps a multiple of this many channels
     exclude: list[str] = Field(default_factory=list)  # channel: layers never shrunk (glob, re:)
+    # channel: share of each group's channels it always keeps (rounded up to round_to)
+    min_keep: float = Field(0.0, ge=0, lt=1)
     penalty: Literal["macs", "uniform"] = "macs"  # channel penalty per group: by MACs, or equal
     # group: each group's lambda over its scale^(2/D), so the penalty reads channel norms in units
     # of the group's scale, as the cut and the controller do | none: absolute norms

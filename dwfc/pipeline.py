@@ -56,7 +56,7 @@ def plan_for(model: torch.nn.Module, example: Inputs, recipe: Recipe) -> Channel
         raise InputError("structure.kind=channel takes models with one input tensor; this "
                          f"one takes {', '.join(example)}: use structure.kind=none")  # fmt: skip
     cfg = recipe.structure
-    channels = plan_channels(model, example, cfg.round_to, cfg.exclude)
+    channels = plan_channels(model, example, cfg.round_to, cfg.exclude, cfg.min_keep)
     check_target(channels, cfg.target_speedup)
     return channels
 

@@ -199,3 +199,15 @@ def test_one_shot_retrains_exactly_the_given_mask() -> None:
     for name, mask in masks.items():
         w = model.get_parameter(name).detach()
         assert bool((w[~mask] == 0).all()) and bool((w[mask] != 0).all())
+
+
+def test_the_structured_benchmark_runs_an_ablation_through_every_run_but_not_its_search() -> None:
+    from benchmarks import structured
+
+    args = structured.parse_args(["--set", "structure.min_keep=0.25", "--out", "x.md"])
+    spec = {"model": "resnet_mini48", "method": "dwf3", "speedup": 4.0, "seed": 1,
+            "split": "test"}  # fmt: skip
+    recipe = load_recipe("default", structured.overrides(spec, 0.05, structured.run_budget(args)))
+    assert (recipe.structure.min_keep, recipe.train.seed, recipe.train.lr) == (0.25, 1, 0.05)
+    with pytest.raises(SystemExit):  # the search would overwrite the benchmark's learning rates
+        structured.parse_args(["--search", "--set", "structure.min_keep=0.25"])

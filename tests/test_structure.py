@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import pytest
@@ -215,6 +216,25 @@ def test_a_speedup_beyond_every_removal_is_refused_with_the_maximum():
         check_target(plan, plan.max_speedup * 1.01)
     check_target(plan, plan.max_speedup)
     assert plan.speedup(minimum(plan.removable)) == pytest.approx(plan.max_speedup)
+
+
+def test_min_keep_is_a_floor_on_every_group_that_the_cut_and_the_target_respect():
+    model, x = _model("resnet_mini")
+    free = plan_channels(model, x, round_to=8)
+    plan = plan_channels(model, x, round_to=8, min_keep=0.3)
+    assert {g.name for g in plan.removable} == {g.name for g in free.removable}
+    for g in plan.removable:  # 30% of the channels, rounded up to a multiple of 8
+        assert g.keeps == min(g.size, max(8, -(-math.ceil(0.3 * g.size) // 8) * 8))
+    assert sorted({g.keeps for g in plan.removable}) == [8, 16, 24]  # 16, 32, 64 channels
+    assert 1.0 < plan.max_speedup < free.max_speedup
+    scores = {g.name: torch.rand(g.size) for g in plan.removable}
+    removed = cut_to_speedup(plan.removable, scores, 8, 1e9, plan.speedup)  # as far as it goes
+    assert {g.name: g.size - len(removed.get(g.name, [])) for g in plan.removable} == {
+        g.name: g.keeps for g in plan.removable}
+    with pytest.raises(InputError, match=r"at most .*structure.min_keep=0\.3"):
+        check_target(plan, plan.max_speedup * 1.01)
+    with pytest.raises(InputError, match=r"no removable .*structure.min_keep=0\.9 rounded up"):
+        plan_channels(model, x, round_to=8, min_keep=0.9)  # every group keeps all it has
 
 
 def test_an_untraceable_model_names_the_layer():

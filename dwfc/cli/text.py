@@ -152,10 +152,11 @@ def format_channel_plan(s: Mapping[str, Any]) -> str:
         )
         rows.append((g["name"], str(g["channels"]), str(g["keeps_at_least"]), layers,
                      "yes" if g["removable"] else f"no: {g['reason']}"))  # fmt: skip
+    floor = f", structure.min_keep={s['min_keep']:g}" if s["min_keep"] else ""
     return "\n".join([
         *_aligned(rows, right={1, 2}, rules=(1,)), "",
         f"{s['removable_groups']} removable groups, {s['removable_channels']:,} removable "
-        f"channels (structure.round_to={s['round_to']}); {s['dense_macs']:,} MACs, "
+        f"channels (structure.round_to={s['round_to']}{floor}); {s['dense_macs']:,} MACs, "
         f"{s['dense_parameters']:,} parameters; at most {s['max_speedup']:.2f}x fewer MACs "
         f"(target {s['target_speedup']:g}x)",
     ])  # fmt: skip

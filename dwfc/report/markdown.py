@@ -270,6 +270,8 @@ def _structure_section(r: RunReport) -> str:
         ["Channel groups (removable)", f"{count(st.groups)} ({count(st.removable_groups)})"],
         ["Channels removed", f"{count(st.channels_removed)} of {count(st.channels)}"],
         ["Channels kept per layer: multiple of", count(st.round_to)],
+        *([["Channels kept per layer: at least the share", f"{st.min_keep:g}"]]
+          if st.min_keep else []),
         ["Negligible by training (controlled), as a MAC speed-up",
          ratio(st.reached_by_training_controlled)],
     ]

@@ -107,6 +107,7 @@ class StructureInfo(_Section):
     dense_parameters: int | None = None
     parameters: int | None = None
     round_to: int | None = _doc("structure.round_to")
+    min_keep: float | None = _doc("structure.min_keep")
     max_speedup: float | None = _doc("the speed-up with every removable channel removed")
     groups: int | None = _doc("channel groups found")
     removable_groups: int | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 
@@ -273,8 +274,15 @@ def _gate_inputs(groups: list[ChannelGroup]) -> None:
             g.gated += [gt for gt in g.inputs if gt.param not in outputs]
 
 
+def least_kept(size: int, round_to: int, min_keep: float = 0.0) -> int:
+    """The channels a group of `size` always keeps: round_to, or the share min_keep of them
+    rounded up to a multiple of round_to; all if that is as many."""
+    share = math.ceil(size * min_keep - 1e-9)
+    return min(size, max(round_to, -(-share // round_to) * round_to))
+
+
 def find_groups(model: nn.Module, example: Tensor, graph: tp.DependencyGraph, round_to: int,
-                exclude: list[str]) -> list[ChannelGroup]:  # fmt: skip
+                exclude: list[str], min_keep: float = 0.0) -> list[ChannelGroup]:  # fmt: skip
     """Every channel group of `model` (traced into `graph` on `example`, one sample), with which
     are removable and why not."""
     model_names = {m: n for n, m in model.named_modules()}
@@ -282,10 +290,14 @@ def find_groups(model: nn.Module, example: Tensor, graph: tp.DependencyGraph, ro
               for g in graph.get_all_groups(root_module_types=ROOTS)]  # fmt: skip
     for g in groups:
         if g.removable:
-            g.keeps = min(g.size, round_to)
+            g.keeps = least_kept(g.size, round_to, min_keep)
             if g.size <= round_to:
                 g.removable = False
                 g.reason = f"{g.size} channels: no more than structure.round_to={round_to}"
+            elif g.keeps == g.size:
+                g.removable = False
+                g.reason = (f"{g.size} channels: structure.min_keep={min_keep:g} rounded up to "
+                            f"structure.round_to={round_to} keeps them all")  # fmt: skip
     carriers = {g.name: list(g.gated) for g in groups}
     while True:  # input slices are gated by removable groups only: again if the proof drops one
         for g in groups:

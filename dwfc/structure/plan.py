@@ -35,6 +35,7 @@ class ChannelPlan:
     skeleton: Skeleton = field(repr=False)
     estimate: MacModel = field(repr=False)
     channel_macs: dict[str, float] = field(default_factory=dict)  # MACs one channel costs, dense
+    min_keep: float = 0.0  # share of each group's channels always kept
 
     @property
     def removable(self) -> list[ChannelGroup]:
@@ -59,7 +60,7 @@ class ChannelPlan:
             ],
             "removable_groups": len(self.removable),
             "removable_channels": sum(g.size - g.keeps for g in self.removable),
-            "round_to": self.round_to, "dense_macs": self.dense_macs,
+            "round_to": self.round_to, "min_keep": self.min_keep, "dense_macs": self.dense_macs,
             "dense_parameters": self.dense_params, "max_speedup": self.max_speedup,
         }  # fmt: skip
 
@@ -70,15 +71,17 @@ def minimum(groups: list[ChannelGroup]) -> dict[str, list[int]]:
 
 
 def plan_channels(model: nn.Module, example: Tensor, round_to: int = 8,
-                  exclude: list[str] | None = None) -> ChannelPlan:  # fmt: skip
-    """Trace `model` on one example and plan its channel removal.
+                  exclude: list[str] | None = None,
+                  min_keep: float = 0.0) -> ChannelPlan:  # fmt: skip
+    """Trace `model` on one example and plan its channel removal: each removable group keeps a
+    multiple of `round_to` channels, at least `round_to` and the share `min_keep` of them.
 
     Raises InputError when the model cannot be traced (naming the layer) or has no removable
     group (saying why for each).
     """
     model, example = model.cpu(), example[:1].cpu()
     graph = build_graph(model, example)
-    groups = find_groups(model, example, graph, round_to, exclude or [])
+    groups = find_groups(model, example, graph, round_to, exclude or [], min_keep)
     removable = [g for g in groups if g.removable]
     if not removable:
         reasons = (
@@ -94,7 +97,7 @@ def plan_channels(model: nn.Module, example: Tensor, round_to: int = 8,
     estimate = MacModel(model, example, graph, removable, dense_macs)
     return ChannelPlan(groups, round_to, list(example.shape[1:]), dense_macs, dense_params,
                        dense_macs / smallest, skeleton, estimate,
-                       _channel_macs(estimate, removable))  # fmt: skip
+                       _channel_macs(estimate, removable), min_keep)  # fmt: skip
 
 
 def _channel_macs(estimate: MacModel, groups: list[ChannelGroup]) -> dict[str, float]:
@@ -112,9 +115,10 @@ def _channel_macs(estimate: MacModel, groups: list[ChannelGroup]) -> dict[str, f
 def check_target(plan: ChannelPlan, target: float) -> None:
     """Refuse a speed-up no removal reaches, before any training."""
     if target > plan.max_speedup:
+        floor = f" and {named('structure.min_keep')}={plan.min_keep:g}" if plan.min_keep else ""
         raise InputError(
             f"{named('structure.target_speedup')}={target:g} is more than removing every "
             f"removable channel gives: at most {plan.max_speedup:.2f}x with "
-            f"{named('structure.round_to')}={plan.round_to} ({len(plan.removable)} removable "
-            "groups; `dwfc plan --structure channel` lists them)"
+            f"{named('structure.round_to')}={plan.round_to}{floor} ({len(plan.removable)} "
+            "removable groups; `dwfc plan --structure channel` lists them)"
         )  # fmt: skip
