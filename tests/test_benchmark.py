@@ -20,7 +20,7 @@ from benchmarks.finetune_dynamics import Tracer, summarise  # noqa: E402
 from benchmarks.finetune_masks import cut_to  # noqa: E402
 from benchmarks.finetune_mechanism import _constrained  # noqa: E402
 from benchmarks.paired import paired  # noqa: E402
-from benchmarks.paper_regime import best_at, front  # noqa: E402
+from benchmarks.paper_regime import best_at, front, run  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.data import mnist5k  # noqa: E402
 from dwfc.errors import InputError  # noqa: E402
@@ -211,3 +211,13 @@ def test_the_structured_benchmark_runs_an_ablation_through_every_run_but_not_its
     assert (recipe.structure.min_keep, recipe.train.seed, recipe.train.lr) == (0.25, 1, 0.05)
     with pytest.raises(SystemExit):  # the search would overwrite the benchmark's learning rates
         structured.parse_args(["--search", "--set", "structure.min_keep=0.25"])
+
+
+def test_a_penalty_warm_up_lets_a_network_learn_before_lambda_can_empty_it() -> None:
+    """From scratch, a fixed lambda kills LeNet-300-100 before it learns (chance accuracy); the
+    same lambda ramped up over the run does not."""
+    spec = {"model": "lenet300", "method": "dwf3", "momentum": 0.9, "lr": 0.1, "seed": 0,
+            "epochs": 1, "split": "val", "lam": 0.1}  # fmt: skip
+    fixed, ramped = run(spec), run({**spec, "warmup": 1.0})
+    assert not fixed["diverged"] and fixed["accuracy"] < 0.15
+    assert ramped["accuracy"] > 0.5
