@@ -284,7 +284,13 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
                   f"{m} momentum {mo}: " + (", ".join(met[(m, mo)]) or "neither D")
                   + " ahead everywhere" for m in args.models for mo in args.momenta) + ".")]
     diverged = [r for r in results if r.get("diverged")]
-    lines += ["", f"Runs: {len(results)}, diverged: {len(diverged)}."]
+    emptied = {me: sum(1 for m in args.models for mo in args.momenta
+                       for r in _test_runs(results, m, me, mo)
+                       if not r["diverged"] and r["sparsity"] == 1.0)
+               for me in args.methods}  # fmt: skip
+    lines += ["", f"Runs: {len(results)}, diverged: {len(diverged)}. Test runs that ended with "
+              "every selected weight under eps (chance accuracy), per method: "
+              + ", ".join(f"{me} {n}" for me, n in emptied.items()) + "."]
     if args.note:
         lines += ["", args.note]
     lines += ["", "Reproduce:", "", "```", command, "```", "",
