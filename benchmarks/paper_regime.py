@@ -90,13 +90,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     names = _selected(model)
     method = spec["method"]
     depth = int(method[3:]) if method.startswith("dwf") else 0
+    decay = 2 * spec["lam"] / depth if depth else 0.0  # on every factor: lambda's penalty
     if depth:
         dwfc.factorize_(model, depth=depth, init="varmatch",
                         generator=torch.Generator().manual_seed(spec["seed"]))  # fmt: skip
         dwfc.fuse_(model)
         factors = {id(f) for fw in dwfc.factorized_weights(model) for f in fw.factors}
         groups = [{"params": [p for p in model.parameters() if id(p) in factors],
-                   "weight_decay": 2 * spec["lam"] / depth},
+                   "weight_decay": decay},
                   {"params": [p for p in model.parameters() if id(p) not in factors],
                    "weight_decay": 0.0}]  # fmt: skip
     else:
@@ -117,7 +118,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             for group in opt.param_groups:
                 group["lr"] = spec["lr"] * 0.5 * (1 + math.cos(math.pi * step / total))
             if depth:
-                opt.param_groups[0]["weight_decay"] = strength * 2 * spec["lam"] / depth
+                opt.param_groups[0]["weight_decay"] = strength * decay
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
             if not math.isfinite(float(loss.detach())):
@@ -285,8 +286,7 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
                   + " ahead everywhere" for m in args.models for mo in args.momenta) + ".")]
     diverged = [r for r in results if r.get("diverged")]
     emptied = {me: sum(1 for m in args.models for mo in args.momenta
-                       for r in _test_runs(results, m, me, mo)
-                       if not r["diverged"] and r["sparsity"] == 1.0)
+                       for r in _test_runs(results, m, me, mo) if r["sparsity"] == 1.0)
                for me in args.methods}  # fmt: skip
     lines += ["", f"Runs: {len(results)}, diverged: {len(diverged)}. Test runs that ended with "
               "every selected weight under eps (chance accuracy), per method: "
