@@ -38,7 +38,7 @@ LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Paired:
-    """DWF minus another method over the seeds both finished, in accuracy points."""
+    """DWF minus another method over the seeds both finished (accuracy points by default)."""
 
     mean: float
     low: float
@@ -50,12 +50,13 @@ class Paired:
         return self.low > 0 or self.high < 0
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> Paired | None:
-    """The paired difference a - b over the seeds in both (None below two seeds)."""
+def paired(a: dict[int, float], b: dict[int, float], scale: float = 100) -> Paired | None:
+    """The paired difference scale * (a - b) over the seeds in both (None below two seeds);
+    the default scale gives accuracy points."""
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         return None
-    diffs = [100 * (a[s] - b[s]) for s in seeds]
+    diffs = [scale * (a[s] - b[s]) for s in seeds]
     mean = statistics.fmean(diffs)
     half = student_t.ppf(0.5 + LEVEL / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(
         len(diffs))  # fmt: skip

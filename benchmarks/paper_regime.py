@@ -13,7 +13,14 @@ fixed lambda (soft thresholding after each step: exact zeros). GMP: Zhu & Gupta'
 schedule over the first 3/4 of the steps to a swept target, masks by global magnitude. Selected
 weights: what `dwfc compress` factorizes by default (Linear and Conv weights). The learning
 rate of each method is chosen on a 500-image validation split (`choose_lrs`); the table and
-fronts use the 1,000 test images. Each run is cached as one JSON file.
+fronts use the 1,000 test images. Each run is cached as one JSON file; the runs file next to
+the page holds every run (validation ones too), and `--reuse` puts them back into the cache, so
+a page can be rendered again from its runs file without training.
+
+The dense reference (`dense`: the same training with no penalty and no mask, its rate chosen on
+validation accuracy from GMP's grid) gives the paper's headline measure: per seed, the largest
+compression ratio a method reaches while losing at most 1, 2, 5 or 10 points of the dense
+model's accuracy.
 
 `--warmup F` departs from the paper on one point: the penalty (DWF's weight decay, L1's
 shrinkage) ramps linearly from 0 to lambda over the first share F of the steps, so that it
@@ -29,6 +36,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -50,7 +58,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import dwfc  # noqa: E402
 from benchmarks.bench_data import accuracy, build, splits  # noqa: E402
-from benchmarks.paired import paired, shown  # noqa: E402
+from benchmarks.paired import Paired, paired, shown  # noqa: E402
 from dwfc._atomic import write_text_atomic  # noqa: E402
 from dwfc.config import FactorizeConfig  # noqa: E402
 from dwfc.methods.gmp import gmp_sparsity  # noqa: E402
@@ -59,13 +67,16 @@ from dwfc.sparsity import global_magnitude_masks  # noqa: E402
 
 EPS = torch.finfo(torch.float32).eps
 VERSION = 1  # part of every cache key: bump when a run's meaning changes
-METHODS = ("dwf2", "dwf3", "dwf4", "l1", "gmp")
+METHODS = ("dwf2", "dwf3", "dwf4", "l1", "gmp", "dense")
 DWF_LAMBDAS = [2e-3 * 2 ** (k / 2) for k in range(10)]  # 2e-3 .. 4.5e-2: CR 1 to collapse
 LAMBDAS = {"dwf2": DWF_LAMBDAS, "dwf3": DWF_LAMBDAS, "dwf4": DWF_LAMBDAS,
            "l1": [3e-3 * 2**k for k in range(9)]}  # fmt: skip
 TARGETS = [0.9, 0.95, 0.98, 0.99, 0.995, 0.997, 0.999]  # GMP
 LRS = {"dwf2": [0.05, 0.1, 0.2], "dwf3": [0.1, 0.2, 0.4], "dwf4": [0.1, 0.2, 0.4],
        "l1": [0.02, 0.05, 0.1], "gmp": [0.02, 0.05, 0.1]}  # at momentum 0.9; see _grid
+LRS["dense"] = LRS["gmp"]
+LOSSES = (1, 2, 5, 10)  # accuracy points below dense: the paper's headline measure uses 10
+OUTPUTS = ("diverged", "accuracy", "sparsity", "cr")  # what run() adds to its spec
 MOMENTUM_0_SCALE = 4
 CRS = (100, 300, 1000)
 DEEP, SHALLOW = ("dwf3", "dwf4"), ("dwf2", "l1", "gmp")
@@ -169,7 +180,22 @@ def execute(specs: Sequence[dict[str, Any]], cache: Path, jobs: int) -> list[dic
         return list(pool.map(_cached, specs, [cache] * len(specs)))
 
 
+def reuse(runs_files: Sequence[Path], cache: Path) -> int:
+    """Put the runs of earlier runs files into the cache (where missing); returns how many."""
+    cache.mkdir(parents=True, exist_ok=True)
+    added = 0
+    for runs_file in runs_files:
+        for r in json.loads(runs_file.read_text()):
+            path = cache / f"{_key({k: v for k, v in r.items() if k not in OUTPUTS})}.json"
+            if not path.is_file():
+                write_text_atomic(path, json.dumps(r, sort_keys=True))
+                added += 1
+    return added
+
+
 def _sweep(method: str) -> list[dict[str, float]]:
+    if method == "dense":
+        return [{}]
     return [{"target": t} for t in TARGETS] if method == "gmp" else \
         [{"lam": v} for v in LAMBDAS[method]]  # fmt: skip
 
@@ -191,14 +217,16 @@ def _grid(method: str, momentum: float) -> list[float]:
     return LRS[method] if momentum else [round(MOMENTUM_0_SCALE * lr, 6) for lr in LRS[method]]
 
 
-def choose_lrs(args: argparse.Namespace, cache: Path) -> dict[tuple[str, str, float], float]:
+def choose_lrs(args: argparse.Namespace, cache: Path
+               ) -> tuple[dict[tuple[str, str, float], float], list[dict[str, Any]]]:  # fmt: skip
     """Per (model, method, momentum): the rate whose validation front (seed 0, three points of
-    the sweep) scores best."""
+    the sweep) scores best (dense: the most accurate); and the validation runs."""
     specs = []
     for model in args.models:
         for method in args.methods:
             sweep = _sweep(method)
-            points = [sweep[len(sweep) // 4], sweep[len(sweep) // 2], sweep[3 * len(sweep) // 4]]
+            points = [sweep[i] for i in sorted({len(sweep) // 4, len(sweep) // 2,
+                                                3 * len(sweep) // 4})]  # fmt: skip
             specs += [{"model": model, "method": method, "momentum": momentum, "lr": lr,
                        "seed": 0, "epochs": args.epochs, "split": "val", **point,
                        **_warmup(method, args)}
@@ -209,12 +237,13 @@ def choose_lrs(args: argparse.Namespace, cache: Path) -> dict[tuple[str, str, fl
     for model in args.models:
         for method in args.methods:
             for momentum in args.momenta:
-                scores = {lr: _score([(r["cr"], r["accuracy"]) for r in results
-                                      if (r["model"], r["method"], r["momentum"], r["lr"])
-                                      == (model, method, momentum, lr)])
+                score = _score if method != "dense" else (lambda pts: max(a for _, a in pts))
+                scores = {lr: score([(r["cr"], r["accuracy"]) for r in results
+                                     if (r["model"], r["method"], r["momentum"], r["lr"])
+                                     == (model, method, momentum, lr)])
                           for lr in _grid(method, momentum)}  # fmt: skip
                 chosen[(model, method, momentum)] = max(scores, key=scores.__getitem__)
-    return chosen
+    return chosen, results
 
 
 def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -251,7 +280,7 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
              "| --- | --- | --- | " + " | ".join("---" for _ in CRS) + " |"]  # fmt: skip
     for model in args.models:
         for momentum in args.momenta:
-            for method in args.methods:
+            for method in _compressing(args.methods):
                 points = _points(results, model, method, momentum)
                 cells = [best_at(points, c) for c in CRS]
                 lines.append(f"| {model} | {momentum} | {method} | " + " | ".join(
@@ -287,16 +316,81 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
     diverged = [r for r in results if r.get("diverged")]
     emptied = {me: sum(1 for m in args.models for mo in args.momenta
                        for r in _test_runs(results, m, me, mo) if r["sparsity"] == 1.0)
-               for me in args.methods}  # fmt: skip
+               for me in _compressing(args.methods)}  # fmt: skip
     lines += ["", f"Runs: {len(results)}, diverged: {len(diverged)}. Test runs that ended with "
               "every selected weight under eps (chance accuracy), per method: "
               + ", ".join(f"{me} {n}" for me, n in emptied.items()) + "."]
+    if "dense" in args.methods:
+        lines += ["", *_headline(results, args)]
     if args.note:
         lines += ["", args.note]
     lines += ["", "Reproduce:", "", "```", command, "```", "",
               f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
               f"torch {torch.__version__}."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _compressing(methods: Sequence[str]) -> list[str]:
+    return [m for m in methods if m != "dense"]
+
+
+def cr_within(results: list[dict[str, Any]], model: str, method: str, momentum: float,
+              loss: float) -> dict[int, float]:  # fmt: skip
+    """Per seed with a dense run: the largest CR among `method`'s test runs of that seed whose
+    accuracy is at most `loss` points below the dense run's (1.0, the dense model, where none)."""
+    dense = {r["seed"]: r["accuracy"] for r in _test_runs(results, model, "dense", momentum)}
+    best = dict.fromkeys(dense, 1.0)
+    for r in _test_runs(results, model, method, momentum):
+        if r["seed"] in dense and r["accuracy"] >= dense[r["seed"]] - loss / 100:
+            best[r["seed"]] = max(best[r["seed"]], r["cr"])
+    return best
+
+
+def _ratio(p: Paired | None) -> str:
+    """A paired difference of natural logs, shown as a ratio: bold where it excludes 1."""
+    if p is None:
+        return "n/a"
+    text = f"{math.exp(p.mean):.2f}x [{math.exp(p.low):.2f}, {math.exp(p.high):.2f}]"
+    return f"**{text}**" if p.significant else text
+
+
+def _headline(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """The paper's measure: compression reached within a given loss of dense accuracy."""
+    methods = _compressing(args.methods)
+    dense = {(m, mo): statistics.fmean(r["accuracy"] for r in _test_runs(results, m, "dense", mo))
+             for m in args.models for mo in args.momenta}  # fmt: skip
+    lines = ["## Compression within a given accuracy loss (the paper's headline measure)", "",
+             "Per seed, the largest compression ratio of any run of the method whose test "
+             "accuracy is at most 1, 2, 5 or 10 points below the dense reference of the same "
+             "seed (CR 1, the dense model, where no run is); geometric mean over the seeds. "
+             "Dense reference (mean over seeds): " + ", ".join(
+                 f"{m} m={mo} {100 * acc:.1f}%" for (m, mo), acc in dense.items()) + ".", "",
+             "| model | momentum | method | " + " | ".join(f"within {d}" for d in LOSSES) + " |",
+             "| --- | --- | --- |" + " --- |" * len(LOSSES)]  # fmt: skip
+    for model in args.models:
+        for momentum in args.momenta:
+            for method in methods:
+                cells = [cr_within(results, model, method, momentum, d) for d in LOSSES]
+                lines.append(f"| {model} | {momentum} | {method} | " + " | ".join(
+                    f"{statistics.geometric_mean(c.values()):.0f}" if c else "–"
+                    for c in cells) + " |")  # fmt: skip
+    others = [o for o in SHALLOW if o in methods]
+    lines += ["", "Paired, seed by seed: the ratio of the two compression ratios, geometric mean "
+              "over the seeds with a 95% Student-t interval on its logarithm. **Bold**: the "
+              "interval excludes 1.", "",
+              "| model | momentum | within | " + " | ".join(
+                  f"{d} / {o}" for d in DEEP if d in methods for o in others) + " |",
+              "| --- | --- | --- |" + " --- |" * (len(others) * sum(d in methods for d in DEEP))]
+    for model in args.models:
+        for momentum in args.momenta:
+            for loss in LOSSES:
+                logs = {m: {s: math.log(c) for s, c in
+                            cr_within(results, model, m, momentum, loss).items()}
+                        for m in methods}  # fmt: skip
+                lines.append(f"| {model} | {momentum} | {loss} | " + " | ".join(
+                    _ratio(paired(logs[d], logs[o], scale=1))
+                    for d in DEEP if d in methods for o in others) + " |")  # fmt: skip
+    return lines
 
 
 def _test_runs(results: list[dict[str, Any]], model: str, method: str,
@@ -331,7 +425,11 @@ def plot(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) ->
     for i, momentum in enumerate(args.momenta):
         for j, model in enumerate(args.models):
             ax = axes[i][j]
-            for method in args.methods:
+            dense = _test_runs(results, model, "dense", momentum)
+            if dense:
+                ax.axhline(100 * statistics.fmean(r["accuracy"] for r in dense), color="grey",
+                           linestyle="--", linewidth=1, label="dense")  # fmt: skip
+            for method in _compressing(args.methods):
                 pts = [(c, a) for c, a in front(_points(results, model, method, momentum))
                        if c <= MAX_PLOTTED_CR]  # beyond: every weight gone, chance accuracy
                 if pts:
@@ -362,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.0,
                    help="share of the steps over which lambda ramps up from 0 (0: fixed)")
     p.add_argument("--note", default="", help="what the page should say about this run")
+    p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="RUNS_JSON",
+                   help="runs files of earlier runs to put into the cache first")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache" / "paper_regime")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-paper-regime.md")
     args = p.parse_args(argv)
@@ -371,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
             LAMBDAS[method] = LAMBDAS[method][::3]
     command = "python benchmarks/paper_regime.py " + shlex.join(sys.argv[1:] if argv is None
                                                                  else argv)  # fmt: skip
-    lrs = choose_lrs(args, args.cache)
+    if args.reuse:
+        print(f"reused {reuse(args.reuse, args.cache)} runs into {args.cache}")
+    lrs, validation = choose_lrs(args, args.cache)
     specs = [{"model": m, "method": me, "momentum": mo, "lr": lrs[(m, me, mo)], "seed": s,
               "epochs": args.epochs, "split": "test", **point, **_warmup(me, args)}
              for m in args.models for me in args.methods for mo in args.momenta
@@ -381,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(args.out.with_suffix(".png"), results, args)
     write_text_atomic(args.out, render(results, lrs, args, command.strip(), plot_name))
     runs = args.out.with_name(args.out.stem + "_runs.json")
-    write_text_atomic(runs, json.dumps(results, indent=0, sort_keys=True))
+    write_text_atomic(runs, json.dumps(validation + results, indent=0, sort_keys=True))
     print(f"wrote {args.out}, {plot_name} and {runs.name}")
     return 0
 

@@ -20,7 +20,15 @@ from benchmarks.finetune_dynamics import Tracer, summarise  # noqa: E402
 from benchmarks.finetune_masks import cut_to  # noqa: E402
 from benchmarks.finetune_mechanism import _constrained  # noqa: E402
 from benchmarks.paired import paired  # noqa: E402
-from benchmarks.paper_regime import best_at, front, run  # noqa: E402
+from benchmarks.paper_regime import (  # noqa: E402
+    OUTPUTS,
+    best_at,
+    cr_within,
+    execute,
+    front,
+    reuse,
+    run,
+)
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.data import mnist5k  # noqa: E402
 from dwfc.errors import InputError  # noqa: E402
@@ -120,6 +128,32 @@ def test_the_pareto_front_keeps_only_undominated_points() -> None:
     assert front(points) == [(20, 0.97), (500, 0.91), (2000, 0.10)]
     assert best_at(points, 100) == 0.91 and best_at(points, 600) == 0.10
     assert best_at(points, 5000) is None
+
+
+def _run(method: str, seed: int, accuracy: float, cr: float, **spec: float) -> dict:
+    return {"model": "m", "method": method, "momentum": 0.9, "split": "test", "seed": seed,
+            "accuracy": accuracy, "cr": cr, "lr": 0.1, "epochs": 1, "diverged": False,
+            "sparsity": 1 - 1 / cr, **spec}  # fmt: skip
+
+
+def test_compression_within_a_loss_is_read_per_seed_against_that_seeds_dense_run() -> None:
+    runs = [_run("dense", 0, 0.95, 1.0), _run("dense", 1, 0.90, 1.0),
+            _run("dwf3", 0, 0.945, 50, lam=1), _run("dwf3", 0, 0.93, 400, lam=2),
+            _run("dwf3", 1, 0.93, 40, lam=1), _run("dwf3", 1, 0.88, 300, lam=2),
+            _run("dwf3", 2, 0.99, 900, lam=1),  # no dense run for seed 2: not counted
+            {**_run("dwf3", 0, 0.99, 800, lam=1), "split": "val"}]  # fmt: skip
+    assert cr_within(runs, "m", "dwf3", 0.9, 1) == {0: 50, 1: 40}
+    assert cr_within(runs, "m", "dwf3", 0.9, 2) == {0: 400, 1: 300}  # 0.88 is 2 below 0.90
+    assert cr_within(runs, "m", "gmp", 0.9, 10) == {0: 1.0, 1: 1.0}  # no run: the dense model
+
+
+def test_a_runs_file_puts_its_runs_back_into_the_cache_under_their_keys(tmp_path: Path) -> None:
+    runs = [_run("dwf3", 0, 0.9, 50, lam=1), _run("dense", 0, 0.95, 1.0)]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    assert reuse([tmp_path / "runs.json"], tmp_path / "cache") == 2
+    assert reuse([tmp_path / "runs.json"], tmp_path / "cache") == 0  # already there
+    spec = {k: v for k, v in runs[0].items() if k not in OUTPUTS}
+    assert execute([spec], tmp_path / "cache", 1) == [runs[0]]  # read back, not trained
 
 
 def _traced(init: str) -> tuple[dict, dict]:
