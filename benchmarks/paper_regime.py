@@ -447,6 +447,20 @@ def plot(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) ->
     plt.close(fig)
 
 
+def _without_reuse(argv: Sequence[str]) -> list[str]:
+    """The command line as a page shows it: --reuse changes what is trained, not the results."""
+    shown, skipping = [], False
+    for arg in argv:
+        if arg == "--reuse":
+            skipping = True
+        elif skipping and not arg.startswith("--"):
+            continue
+        else:
+            skipping = False
+            shown.append(arg)
+    return shown
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
@@ -469,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.momenta, args.epochs = [0], [0.9], min(args.epochs, 20)
         for method in LAMBDAS:
             LAMBDAS[method] = LAMBDAS[method][::3]
-    command = "python benchmarks/paper_regime.py " + shlex.join(sys.argv[1:] if argv is None
-                                                                 else argv)  # fmt: skip
+    command = "python benchmarks/paper_regime.py " + shlex.join(
+        _without_reuse(sys.argv[1:] if argv is None else argv))  # fmt: skip
     if args.reuse:
         print(f"reused {reuse(args.reuse, args.cache)} runs into {args.cache}")
     lrs, validation = choose_lrs(args, args.cache)
