@@ -474,11 +474,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.0,
                    help="share of the steps over which lambda ramps up from 0 (0: fixed)")
     p.add_argument("--note", default="", help="what the page should say about this run")
+    p.add_argument("--dwf-lambdas", nargs="+", type=float, default=DWF_LAMBDAS,
+                   help="the lambdas swept for DWF (every D); a longer budget needs smaller ones")
     p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="RUNS_JSON",
                    help="runs files of earlier runs to put into the cache first")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache" / "paper_regime")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-paper-regime.md")
     args = p.parse_args(argv)
+    for method in ("dwf2", "dwf3", "dwf4"):
+        LAMBDAS[method] = args.dwf_lambdas
     if args.quick:
         args.seeds, args.momenta, args.epochs = [0], [0.9], min(args.epochs, 20)
         for method in LAMBDAS:
