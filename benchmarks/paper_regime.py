@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import dwfc  # noqa: E402
 from benchmarks.bench_data import accuracy, build, splits  # noqa: E402
-from benchmarks.paired import Paired, paired, shown  # noqa: E402
+from benchmarks.paired import paired, shown  # noqa: E402
 from dwfc._atomic import write_text_atomic  # noqa: E402
 from dwfc.config import FactorizeConfig  # noqa: E402
 from dwfc.methods.gmp import gmp_sparsity  # noqa: E402
@@ -346,14 +346,6 @@ def cr_within(results: list[dict[str, Any]], model: str, method: str, momentum: 
     return best
 
 
-def _ratio(p: Paired | None) -> str:
-    """A paired difference of natural logs, shown as a ratio: bold where it excludes 1."""
-    if p is None:
-        return "n/a"
-    text = f"{math.exp(p.mean):.2f}x [{math.exp(p.low):.2f}, {math.exp(p.high):.2f}]"
-    return f"**{text}**" if p.significant else text
-
-
 def _headline(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     """The paper's measure: compression reached within a given loss of dense accuracy."""
     methods = _compressing(args.methods)
@@ -388,7 +380,7 @@ def _headline(results: list[dict[str, Any]], args: argparse.Namespace) -> list[s
                             cr_within(results, model, m, momentum, loss).items()}
                         for m in methods}  # fmt: skip
                 lines.append(f"| {model} | {momentum} | {loss} | " + " | ".join(
-                    _ratio(paired(logs[d], logs[o], scale=1))
+                    shown(paired(logs[d], logs[o], scale=1), ratio=True)
                     for d in DEEP if d in methods for o in others) + " |")  # fmt: skip
     return lines
 
