@@ -163,8 +163,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             "cr": n_all / max(n_all - zeros, 1)}  # fmt: skip
 
 
+def _path(spec: dict[str, Any], cache: Path) -> Path:
+    return cache / f"{_key(spec)}.json"
+
+
 def _cached(spec: dict[str, Any], cache: Path) -> dict[str, Any]:
-    path = cache / f"{_key(spec)}.json"
+    path = _path(spec, cache)
     if path.is_file():
         return json.loads(path.read_text())
     result = run(spec)
@@ -186,7 +190,7 @@ def reuse(runs_files: Sequence[Path], cache: Path) -> int:
     added = 0
     for runs_file in runs_files:
         for r in json.loads(runs_file.read_text()):
-            path = cache / f"{_key({k: v for k, v in r.items() if k not in OUTPUTS})}.json"
+            path = _path({k: v for k, v in r.items() if k not in OUTPUTS}, cache)
             if not path.is_file():
                 write_text_atomic(path, json.dumps(r, sort_keys=True))
                 added += 1
@@ -346,11 +350,18 @@ def cr_within(results: list[dict[str, Any]], model: str, method: str, momentum: 
     return best
 
 
+def _dense_accuracy(results: list[dict[str, Any]], model: str, momentum: float) -> float | None:
+    """The dense reference's test accuracy, mean over seeds (None without dense runs)."""
+    runs = _test_runs(results, model, "dense", momentum)
+    return statistics.fmean(r["accuracy"] for r in runs) if runs else None
+
+
 def _headline(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     """The paper's measure: compression reached within a given loss of dense accuracy."""
     methods = _compressing(args.methods)
-    dense = {(m, mo): statistics.fmean(r["accuracy"] for r in _test_runs(results, m, "dense", mo))
-             for m in args.models for mo in args.momenta}  # fmt: skip
+    dense = {(m, mo): _dense_accuracy(results, m, mo) for m in args.models for mo in args.momenta}
+    within = {(m, mo, me, d): cr_within(results, m, me, mo, d) for m in args.models
+              for mo in args.momenta for me in methods for d in LOSSES}  # fmt: skip
     lines = ["## Compression within a given accuracy loss (the paper's headline measure)", "",
              "Per seed, the largest compression ratio of any run of the method whose test "
              "accuracy is at most 1, 2, 5 or 10 points below the dense reference of the same "
@@ -362,7 +373,7 @@ def _headline(results: list[dict[str, Any]], args: argparse.Namespace) -> list[s
     for model in args.models:
         for momentum in args.momenta:
             for method in methods:
-                cells = [cr_within(results, model, method, momentum, d) for d in LOSSES]
+                cells = [within[(model, momentum, method, d)] for d in LOSSES]
                 lines.append(f"| {model} | {momentum} | {method} | " + " | ".join(
                     f"{statistics.geometric_mean(c.values()):.0f}" if c else "–"
                     for c in cells) + " |")  # fmt: skip
@@ -376,8 +387,7 @@ def _headline(results: list[dict[str, Any]], args: argparse.Namespace) -> list[s
     for model in args.models:
         for momentum in args.momenta:
             for loss in LOSSES:
-                logs = {m: {s: math.log(c) for s, c in
-                            cr_within(results, model, m, momentum, loss).items()}
+                logs = {m: {s: math.log(c) for s, c in within[(model, momentum, m, loss)].items()}
                         for m in methods}  # fmt: skip
                 lines.append(f"| {model} | {momentum} | {loss} | " + " | ".join(
                     shown(paired(logs[d], logs[o], scale=1), ratio=True)
@@ -417,10 +427,10 @@ def plot(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) ->
     for i, momentum in enumerate(args.momenta):
         for j, model in enumerate(args.models):
             ax = axes[i][j]
-            dense = _test_runs(results, model, "dense", momentum)
-            if dense:
-                ax.axhline(100 * statistics.fmean(r["accuracy"] for r in dense), color="grey",
-                           linestyle="--", linewidth=1, label="dense")  # fmt: skip
+            dense = _dense_accuracy(results, model, momentum)
+            if dense is not None:
+                ax.axhline(100 * dense, color="grey", linestyle="--", linewidth=1,
+                           label="dense")  # fmt: skip
             for method in _compressing(args.methods):
                 pts = [(c, a) for c, a in front(_points(results, model, method, momentum))
                        if c <= MAX_PLOTTED_CR]  # beyond: every weight gone, chance accuracy
@@ -439,18 +449,21 @@ def plot(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) ->
     plt.close(fig)
 
 
-def _without_reuse(argv: Sequence[str]) -> list[str]:
-    """The command line as a page shows it: --reuse changes what is trained, not the results."""
-    shown, skipping = [], False
+UNSHOWN = ("--reuse", "--cache")  # where runs are kept, not what they are
+
+
+def _shown(argv: Sequence[str]) -> list[str]:
+    """The command line as a page shows it: without the options in UNSHOWN and their values."""
+    kept, skipping = [], False
     for arg in argv:
-        if arg == "--reuse":
+        if arg in UNSHOWN:
             skipping = True
         elif skipping and not arg.startswith("--"):
             continue
         else:
             skipping = False
-            shown.append(arg)
-    return shown
+            kept.append(arg)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in LAMBDAS:
             LAMBDAS[method] = LAMBDAS[method][::3]
     command = "python benchmarks/paper_regime.py " + shlex.join(
-        _without_reuse(sys.argv[1:] if argv is None else argv))  # fmt: skip
+        _shown(sys.argv[1:] if argv is None else argv))  # fmt: skip
     if args.reuse:
         print(f"reused {reuse(args.reuse, args.cache)} runs into {args.cache}")
     lrs, validation = choose_lrs(args, args.cache)
