@@ -25,6 +25,13 @@ model's accuracy.
 `--warmup F` departs from the paper on one point: the penalty (DWF's weight decay, L1's
 shrinkage) ramps linearly from 0 to lambda over the first share F of the steps, so that it
 cannot empty a network that has not yet learned anything (GMP's schedule starts at 0 anyway).
+
+`--cut` adds what `dwfc compress` does after training: the penalised methods' final weights
+(DWF's collapsed product, L1's) are also cut by global magnitude to each compression ratio of
+CUTS that training alone has not reached, and scored as they are, with no retraining; each cut
+is one more point of the run's front. In 60 epochs DWF leaves most of what its penalty has
+made negligible above float32 epsilon, so the epsilon count alone understates what it has
+found. GMP ends exactly at its swept target and is not cut.
 """
 
 from __future__ import annotations
@@ -76,9 +83,10 @@ LRS = {"dwf2": [0.05, 0.1, 0.2], "dwf3": [0.1, 0.2, 0.4], "dwf4": [0.1, 0.2, 0.4
        "l1": [0.02, 0.05, 0.1], "gmp": [0.02, 0.05, 0.1]}  # at momentum 0.9; see _grid
 LRS["dense"] = LRS["gmp"]
 LOSSES = (1, 2, 5, 10)  # accuracy points below dense: the paper's headline measure uses 10
-OUTPUTS = ("diverged", "accuracy", "sparsity", "cr")  # what run() adds to its spec
+OUTPUTS = ("diverged", "accuracy", "sparsity", "cr", "cut_accuracy")  # what run() adds to its spec
 MOMENTUM_0_SCALE = 4
 CRS = (100, 300, 1000)
+CUTS = (10, 30, 100, 300, 1000, 3000)  # --cut: the compression ratios trained weights are cut to
 DEEP, SHALLOW = ("dwf3", "dwf4"), ("dwf2", "l1", "gmp")
 MAX_PLOTTED_CR = 5000
 
@@ -158,9 +166,41 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         for n in names:
             w = model.get_parameter(n)
             w.mul_(w.abs() >= EPS)
+    cr = n_all / max(n_all - zeros, 1)
+    cuts = {"cut_accuracy": _cut_accuracy(model, names, test, cr)} if spec.get("cut") else {}
     acc = accuracy(model, test)
-    return {**spec, "diverged": False, "accuracy": acc, "sparsity": zeros / n_all,
-            "cr": n_all / max(n_all - zeros, 1)}  # fmt: skip
+    return {**spec, "diverged": False, "accuracy": acc, "sparsity": zeros / n_all, "cr": cr,
+            **cuts}  # fmt: skip
+
+
+def _cut_accuracy(model: torch.nn.Module, names: list[str], test: Any,
+                  reached: float) -> dict[str, float]:  # fmt: skip
+    """Test accuracy of the weights cut by global magnitude to each CR of CUTS above `reached`,
+    no retraining; the weights are left as they were."""
+    weights = {n: model.get_parameter(n) for n in names}
+    kept = {n: w.detach().clone() for n, w in weights.items()}
+    scores = {}
+    for cr in (c for c in CUTS if c > reached):
+        masks = global_magnitude_masks({n: w.detach() for n, w in weights.items()}, 1 - 1 / cr)
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.mul_(masks[n])
+        scores[str(cr)] = accuracy(model, test)
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.copy_(kept[n])
+    return scores
+
+
+def expand(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs and, after each run with cuts, one point per cut (`cut_to` its CR)."""
+    points = []
+    for r in results:
+        points.append(r)
+        for cr, acc in r.get("cut_accuracy", {}).items():
+            points.append({**r, "cr": float(cr), "accuracy": acc, "sparsity": 1 - 1 / float(cr),
+                           "cut_to": float(cr)})  # fmt: skip
+    return points
 
 
 def _path(spec: dict[str, Any], cache: Path) -> Path:
@@ -210,6 +250,11 @@ def _warmup(method: str, args: argparse.Namespace) -> dict[str, float]:
     return {"warmup": args.warmup} if args.warmup and method != "gmp" else {}
 
 
+def _cut(method: str, args: argparse.Namespace) -> dict[str, bool]:
+    """The spec's cut key: only for the penalised methods, and only with --cut."""
+    return {"cut": True} if args.cut and method not in ("gmp", "dense") else {}
+
+
 def _score(points: list[tuple[float, float]]) -> float:
     """How good a front is: its best accuracy at CR >= 10, 100 and 1000 (chance where none)."""
     return sum(best_at(points, c) or 0.1 for c in (10, *CRS[::2]))
@@ -233,16 +278,17 @@ def choose_lrs(args: argparse.Namespace, cache: Path
                                                 3 * len(sweep) // 4})]  # fmt: skip
             specs += [{"model": model, "method": method, "momentum": momentum, "lr": lr,
                        "seed": 0, "epochs": args.epochs, "split": "val", **point,
-                       **_warmup(method, args)}
+                       **_warmup(method, args), **_cut(method, args)}
                       for momentum in args.momenta for lr in _grid(method, momentum)
                       for point in points]  # fmt: skip
     results = execute(specs, cache, args.jobs)
+    points = expand(results)
     chosen = {}
     for model in args.models:
         for method in args.methods:
             for momentum in args.momenta:
                 score = _score if method != "dense" else (lambda pts: max(a for _, a in pts))
-                scores = {lr: score([(r["cr"], r["accuracy"]) for r in results
+                scores = {lr: score([(r["cr"], r["accuracy"]) for r in points
                                      if (r["model"], r["method"], r["momentum"], r["lr"])
                                      == (model, method, momentum, lr)])
                           for lr in _grid(method, momentum)}  # fmt: skip
@@ -268,9 +314,12 @@ def best_at(points: list[tuple[float, float]], cr: float) -> float | None:
 
 def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.Namespace,
            command: str, plot_name: str) -> str:  # fmt: skip
+    runs, results = results, expand(results)  # the tables read every cut as a point
     regime = (f"lambda ramped up over the first {args.warmup:.0%} of the steps" if args.warmup
               else "fixed lambda")
-    lines = [f"# Results: the paper's regime (from scratch, {regime}, no cut)", "",
+    cut = ("then cut by global magnitude to each CR, no retraining" if args.cut
+           else "no cut")
+    lines = [f"# Results: the paper's regime (from scratch, {regime}, {cut})", "",
              __doc__.split("\n\n", 2)[2].strip(), "",
              f"Budget: {args.epochs} epochs, seeds {args.seeds}, momentum {args.momenta}, "
              f"models {args.models}. Learning rates chosen: " + ", ".join(
@@ -279,7 +328,8 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
              f"(Fronts over the mean of the seeds of each setting, up to CR {MAX_PLOTTED_CR}; "
              "beyond, runs had lost practically every weight and score chance.)", "",
              "Best test accuracy (%) of any run (of any seed: mean over seeds per setting) "
-             "reaching at least the compression ratio:", "",
+             "reaching at least the compression ratio" + (" (a run's cuts count as settings of "
+             "their own)" if args.cut else "") + ":", "",
              "| model | momentum | method | " + " | ".join(f"CR >= {c}" for c in CRS) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in CRS) + " |"]  # fmt: skip
     for model in args.models:
@@ -289,21 +339,23 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
                 cells = [best_at(points, c) for c in CRS]
                 lines.append(f"| {model} | {momentum} | {method} | " + " | ".join(
                     "–" if a is None else f"{100 * a:.1f}" for a in cells) + " |")  # fmt: skip
+    deeps = [d for d in DEEP if d in args.methods]  # every baseline counts, run or not
     lines += ["", "## Paired, seed by seed", "",
               "Per seed, the best test accuracy a method reaches at or above the compression "
               "ratio (10% where it reaches none); the difference DWF minus the other method in "
               "points, mean over the seeds with a 95% Student-t interval (with "
               f"{len(args.seeds)} seeds, t = {student_t.ppf(0.975, len(args.seeds) - 1):.2f})."
               " **Bold**: the interval excludes zero.", "",
-              "| model | momentum | CR | " + " | ".join(f"{d} - {o}" for d in DEEP for o in SHALLOW)
-              + " |", "| --- | --- | --- |" + " --- |" * (len(DEEP) * len(SHALLOW))]  # fmt: skip
+              "| model | momentum | CR | "
+              + " | ".join(f"{d} - {o}" for d in deeps for o in SHALLOW) + " |",
+              "| --- | --- | --- |" + " --- |" * (len(deeps) * len(SHALLOW))]  # fmt: skip
     met = {}
     for model in args.models:
         for momentum in args.momenta:
-            ahead = dict.fromkeys(DEEP, True)
+            ahead = dict.fromkeys(deeps, True)
             for cr in CRS:
                 row = []
-                for deep in DEEP:
+                for deep in deeps:
                     for other in SHALLOW:
                         p = paired(_seed_best(results, model, deep, momentum, cr),
                                    _seed_best(results, model, other, momentum, cr))  # fmt: skip
@@ -317,11 +369,11 @@ def render(results: list[dict[str, Any]], lrs: dict[Any, float], args: argparse.
               + (f"**met** at momentum {regimes}." if regimes else "**not met**: " + "; ".join(
                   f"{m} momentum {mo}: " + (", ".join(met[(m, mo)]) or "neither D")
                   + " ahead everywhere" for m in args.models for mo in args.momenta) + ".")]
-    diverged = [r for r in results if r.get("diverged")]
+    diverged = [r for r in runs if r.get("diverged")]
     emptied = {me: sum(1 for m in args.models for mo in args.momenta
-                       for r in _test_runs(results, m, me, mo) if r["sparsity"] == 1.0)
+                       for r in _test_runs(runs, m, me, mo) if r["sparsity"] == 1.0)
                for me in _compressing(args.methods)}  # fmt: skip
-    lines += ["", f"Runs: {len(results)}, diverged: {len(diverged)}. Test runs that ended with "
+    lines += ["", f"Runs: {len(runs)}, diverged: {len(diverged)}. Test runs that ended with "
               "every selected weight under eps (chance accuracy), per method: "
               + ", ".join(f"{me} {n}" for me, n in emptied.items()) + "."]
     if "dense" in args.methods:
@@ -406,7 +458,7 @@ def _points(results: list[dict[str, Any]], model: str, method: str,
     """(mean CR, mean accuracy) over seeds of each swept setting."""
     by_setting: dict[float, list[dict[str, Any]]] = {}
     for r in _test_runs(results, model, method, momentum):
-        by_setting.setdefault(r.get("lam", r.get("target")), []).append(r)
+        by_setting.setdefault((r.get("lam", r.get("target")), r.get("cut_to")), []).append(r)
     return [(sum(r["cr"] for r in rs) / len(rs), sum(r["accuracy"] for r in rs) / len(rs))
             for rs in by_setting.values()]  # fmt: skip
 
@@ -422,6 +474,7 @@ def _seed_best(results: list[dict[str, Any]], model: str, method: str, momentum:
 
 
 def plot(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    results = expand(results)
     fig, axes = plt.subplots(len(args.momenta), len(args.models), squeeze=False,
                              figsize=(5.5 * len(args.models), 4 * len(args.momenta)))  # fmt: skip
     for i, momentum in enumerate(args.momenta):
@@ -479,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.0,
                    help="share of the steps over which lambda ramps up from 0 (0: fixed)")
     p.add_argument("--note", default="", help="what the page should say about this run")
+    p.add_argument("--cut", action="store_true",
+                   help="also cut DWF's and L1's weights to each CR of CUTS (no retraining)")
+    p.add_argument("--lrs", nargs="+", default=[], metavar="METHOD=LR,LR,...",
+                   help="the learning rates searched for a method, at momentum 0.9")
     p.add_argument("--dwf-lambdas", nargs="+", type=float, default=DWF_LAMBDAS,
                    help="the lambdas swept for DWF (every D); a longer budget needs smaller ones")
     p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="RUNS_JSON",
@@ -488,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     for method in ("dwf2", "dwf3", "dwf4"):
         LAMBDAS[method] = args.dwf_lambdas
+    for item in args.lrs:
+        method, _, rates = item.partition("=")
+        if method not in LRS or not rates:
+            p.error(f"--lrs {item}: expected METHOD=LR,LR,... with METHOD one of {list(LRS)}")
+        LRS[method] = [float(r) for r in rates.split(",")]
     if args.quick:
         args.seeds, args.momenta, args.epochs = [0], [0.9], min(args.epochs, 20)
         for method in LAMBDAS:
@@ -498,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reused {reuse(args.reuse, args.cache)} runs into {args.cache}")
     lrs, validation = choose_lrs(args, args.cache)
     specs = [{"model": m, "method": me, "momentum": mo, "lr": lrs[(m, me, mo)], "seed": s,
-              "epochs": args.epochs, "split": "test", **point, **_warmup(me, args)}
+              "epochs": args.epochs, "split": "test", **point, **_warmup(me, args),
+              **_cut(me, args)}
              for m in args.models for me in args.methods for mo in args.momenta
              for point in _sweep(me) for s in args.seeds]  # fmt: skip
     results = execute(specs, args.cache, args.jobs)
