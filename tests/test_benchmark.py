@@ -21,10 +21,12 @@ from benchmarks.finetune_masks import cut_to  # noqa: E402
 from benchmarks.finetune_mechanism import _constrained  # noqa: E402
 from benchmarks.paired import paired  # noqa: E402
 from benchmarks.paper_regime import (  # noqa: E402
+    CUTS,
     OUTPUTS,
     best_at,
     cr_within,
     execute,
+    expand,
     front,
     reuse,
     run,
@@ -255,3 +257,17 @@ def test_a_penalty_warm_up_lets_a_network_learn_before_lambda_can_empty_it() -> 
     fixed, ramped = run(spec), run({**spec, "warmup": 1.0})
     assert not fixed["diverged"] and fixed["accuracy"] < 0.15
     assert ramped["accuracy"] > 0.5
+
+
+def test_a_cut_scores_the_trained_weights_at_each_ratio_and_leaves_the_run_as_it_was() -> None:
+    """--cut: the run's own figures are those without it; each cut to a CR it has not reached
+    is scored and becomes one more point of the front."""
+    spec = {"model": "lenet300", "method": "dwf3", "momentum": 0.9, "lr": 0.2, "seed": 0,
+            "epochs": 1, "split": "val", "lam": 0.002}  # fmt: skip
+    plain, cut = run(spec), run({**spec, "cut": True})
+    assert (cut["accuracy"], cut["cr"]) == (plain["accuracy"], plain["cr"])
+    assert [float(c) for c in cut["cut_accuracy"]] == [c for c in CUTS if c > cut["cr"]]
+    assert cut["cut_accuracy"]["3000"] < cut["accuracy"] - 0.3  # 89 of 266k weights left
+    points = expand([cut])
+    assert points[0] is cut and [p["cr"] for p in points[1:]] == [float(c) for c in CUTS]
+    assert all(p["cut_to"] == p["cr"] and p["seed"] == 0 for p in points[1:])
