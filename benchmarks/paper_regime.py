@@ -269,7 +269,9 @@ def _grid(method: str, momentum: float) -> list[float]:
 def choose_lrs(args: argparse.Namespace, cache: Path
                ) -> tuple[dict[tuple[str, str, float], float], list[dict[str, Any]]]:  # fmt: skip
     """Per (model, method, momentum): the rate whose validation front (seed 0, three points of
-    the sweep) scores best (dense: the most accurate); and the validation runs."""
+    the sweep) scores best (dense: the most accurate), with --stable among the rates at which
+    no validation run diverged or ended with every weight under eps (all rates if none is);
+    and the validation runs."""
     specs = []
     for model in args.models:
         for method in args.methods:
@@ -292,6 +294,12 @@ def choose_lrs(args: argparse.Namespace, cache: Path
                                      if (r["model"], r["method"], r["momentum"], r["lr"])
                                      == (model, method, momentum, lr)])
                           for lr in _grid(method, momentum)}  # fmt: skip
+                if args.stable:
+                    stable = [lr for lr in scores if not any(
+                        r["diverged"] or r["sparsity"] == 1.0 for r in results
+                        if (r["model"], r["method"], r["momentum"], r["lr"])
+                        == (model, method, momentum, lr))]  # fmt: skip
+                    scores = {lr: scores[lr] for lr in stable} or scores
                 chosen[(model, method, momentum)] = max(scores, key=scores.__getitem__)
     return chosen, results
 
@@ -534,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="what the page should say about this run")
     p.add_argument("--cut", action="store_true",
                    help="also cut DWF's and L1's weights to each CR of CUTS (no retraining)")
+    p.add_argument("--stable", action="store_true",
+                   help="choose no rate at which a validation run diverged or lost every weight")
     p.add_argument("--lrs", nargs="+", default=[], metavar="METHOD=LR,LR,...",
                    help="the learning rates searched for a method, at momentum 0.9")
     p.add_argument("--dwf-lambdas", nargs="+", type=float, default=DWF_LAMBDAS,
