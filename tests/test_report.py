@@ -423,3 +423,16 @@ def test_the_int8_model_has_its_own_accuracy_gate(tmp_path: Path) -> None:
 def test_an_original_near_chance_is_flagged(classes: int, original: float, flagged: bool) -> None:
     report = _gated({"original": original, "compressed_pytorch": original}, classes)
     assert any("near or below chance" in w for w in report.warnings) == flagged
+
+
+def test_a_model_trained_from_scratch_is_not_flagged_for_its_random_original() -> None:
+    from dwfc.report.build import warnings_for
+    from dwfc.report.schema import RunReport
+
+    def warned(init: str) -> bool:
+        report = RunReport.from_dict({"accuracy": {"original": 0.1, "compressed_pytorch": 0.95},
+                                      "method": {"name": "dwf", "init": init},
+                                      "data": {"classes": 10}})  # fmt: skip
+        return any("near or below chance" in w for w in warnings_for(report))
+
+    assert warned("balanced") and not warned("varmatch")

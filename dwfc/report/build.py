@@ -140,7 +140,8 @@ def warnings_for(report: RunReport) -> list[str]:
         notes.append(f"layer collapse: every weight of {', '.join(empty)} was pruned")
     original = report.accuracy.original if report.accuracy else None
     classes = report.data.classes if report.data else None
-    if original is not None and classes and original < _near_chance(classes):
+    from_scratch = report.method is not None and report.method.init == "varmatch"
+    if original is not None and classes and original < _near_chance(classes) and not from_scratch:
         notes.append(
             f"the original model scores {100 * original:.1f}% on the evaluation data, near or "
             f"below chance ({100 / classes:.1f}% for {classes} classes): is it the trained "
