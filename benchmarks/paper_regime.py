@@ -290,16 +290,14 @@ def choose_lrs(args: argparse.Namespace, cache: Path
         for method in args.methods:
             for momentum in args.momenta:
                 score = _score if method != "dense" else (lambda pts: max(a for _, a in pts))
-                scores = {lr: score([(r["cr"], r["accuracy"]) for r in points
-                                     if (r["model"], r["method"], r["momentum"], r["lr"])
-                                     == (model, method, momentum, lr)])
-                          for lr in _grid(method, momentum)}  # fmt: skip
-                if args.stable:
-                    stable = [lr for lr in scores if not any(
-                        r["diverged"] or r["sparsity"] == 1.0 for r in results
-                        if (r["model"], r["method"], r["momentum"], r["lr"])
-                        == (model, method, momentum, lr))]  # fmt: skip
-                    scores = {lr: scores[lr] for lr in stable} or scores
+                at = {lr: [r for r in points if (r["model"], r["method"], r["momentum"], r["lr"])
+                           == (model, method, momentum, lr)]
+                      for lr in _grid(method, momentum)}  # fmt: skip
+                scores = {lr: score([(r["cr"], r["accuracy"]) for r in rs])
+                          for lr, rs in at.items()}  # fmt: skip
+                if args.stable:  # a cut point keeps its run's `diverged` and is never empty
+                    scores = {lr: scores[lr] for lr, rs in at.items() if not any(
+                        r["diverged"] or r["sparsity"] == 1.0 for r in rs)} or scores
                 chosen[(model, method, momentum)] = max(scores, key=scores.__getitem__)
     return chosen, results
 
