@@ -383,6 +383,71 @@ def file_sizes(cache: Path) -> list[dict[str, Any]]:
     return rows
 
 
+FLOOR_BYTES_DOC = (
+    "Extra bytes DWF must move per step, fp32, per factorized weight entry: the optimizer over "
+    "D - 1 more tensors (fused SGD reads parameter, gradient and momentum and writes parameter "
+    "and momentum: 20 bytes each), the product forward (reads D factors, writes w: 4 (D + 1)) "
+    "and its backward (reads the gradient of w and D factors, writes D gradients: "
+    "4 (2D + 1)); 32 D - 12 bytes in all, whatever the kernels, fused or compiled.")
+
+
+def extra_bytes(depth: int, entries: int) -> int:
+    """The least memory traffic DWF at `depth` adds to a step (FLOOR_BYTES_DOC)."""
+    return (32 * depth - 12) * entries
+
+
+def bandwidth(device: torch.device, elements: int = 2**24) -> float:
+    """Bytes per second that torch's fused SGD step moves here (20 bytes per parameter): the
+    rate the optimizer, and at best the products, stream memory at."""
+    param = torch.zeros(elements, device=device, requires_grad=True)
+    param.grad = torch.ones_like(param)
+    opt = fused_sgd([{"params": [param], "weight_decay": 5e-4}], 0.01, 0.9)
+    times = []
+    for _ in range(12):
+        sync(device)
+        started = time.perf_counter()
+        opt.step()
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return 20 * elements / statistics.median(times[2:])
+
+
+def traffic_floor(device: torch.device, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, batch, D): the step time DWF cannot go below, dense time plus its extra
+    traffic at the measured bandwidth, against the best measured variant."""
+    rate = bandwidth(device)
+    entries = {}
+    for name in {r["model"] for r in steps}:
+        model = MODELS[name][0]()
+        dwfc.factorize_(model, depth=2)
+        entries[name] = sum(fw.factors[0].numel() for fw in dwfc.factorized_weights(model))
+    rows = []
+    for dense in (r for r in steps if r["depth"] is None):
+        for depth in sorted({r["depth"] for r in steps if r["depth"] is not None}):
+            same = [r for r in steps if r["model"] == dense["model"]
+                    and r["batch"] == dense["batch"] and r["depth"] == depth]  # fmt: skip
+            floor_ms = 1000 * extra_bytes(depth, entries[dense["model"]]) / rate
+            best = min(same, key=lambda r: r["step_ms"])
+            rows.append({"model": dense["model"], "batch": dense["batch"], "depth": depth,
+                         "entries": entries[dense["model"]], "dense_ms": dense["step_ms"],
+                         "floor_ms": floor_ms, "bandwidth_gbs": rate / 1e9,
+                         "floor_ratio": 1 + floor_ms / dense["step_ms"],
+                         "best_mode": best["mode"], "best_ratio": best["time_ratio"]})
+    return rows
+
+
+def _floor_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | batch | D | factorized entries | dense step (ms) | extra traffic (MB) "
+             "| floor (ms) | floor vs dense | best measured (variant) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        mb = extra_bytes(r["depth"], r["entries"]) / 1e6
+        lines.append(f"| {r['model']} | {r['batch']} | {r['depth']} | {r['entries']:,} | "
+                     f"{r['dense_ms']:.1f} | {mb:.0f} | {r['floor_ms']:.1f} | "
+                     f"{r['floor_ratio']:.3f}x | {r['best_ratio']:.2f}x ({r['best_mode']}) |")
+    return lines
+
+
 def _load() -> str:
     try:
         return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -430,9 +495,9 @@ def _ops_table(ops: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(device: torch.device, steps: list[dict[str, Any]], ops: list[dict[str, Any]] | None,
-           sub: dict[str, Any] | None, files: list[dict[str, Any]] | None,
-           command: str) -> str:  # fmt: skip
+def render(device: torch.device, steps: list[dict[str, Any]], floor: list[dict[str, Any]],
+           ops: list[dict[str, Any]] | None, sub: dict[str, Any] | None,
+           files: list[dict[str, Any]] | None, command: str) -> str:  # fmt: skip
     dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"CPU, {torch.get_num_threads()} thread(s)")  # fmt: skip
     if AMP["on"]:
@@ -452,6 +517,11 @@ def render(device: torch.device, steps: list[dict[str, Any]], ops: list[dict[str
                     "noisy even as medians of interleaved rounds. Unshared CPU and CUDA numbers: "
                     "[overhead-gpu.md](overhead-gpu.md).", ""] if device.type == "cpu" else []),
              *_step_table(steps)]  # fmt: skip
+    lines += ["", "## The floor: memory traffic", "", FLOOR_BYTES_DOC + " At the bandwidth "
+              f"torch's fused SGD streams at here ({floor[0]['bandwidth_gbs']:.1f} GB/s, "
+              "measured in this run), that traffic alone puts DWF's step at least this far "
+              "above dense; a goal below the floor cannot be met on this machine by any kernel "
+              "that keeps fp32 factors and their momentum.", "", *_floor_table(floor)]
     if ops:
         lines += ["", "## Operator calls per training step", "",
                   f"torch.profiler over one step at batch {OPS_BATCH} (the counts do not depend "
@@ -522,13 +592,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     AMP["on"] = args.amp
     steps = step_overhead(device, args.models, args.batch, args.steps, args.rounds)
+    floor = traffic_floor(device, steps)
     ops = operator_counts(device, args.models) if "ops" not in args.skip else None
     cpu = device.type == "cpu"
     sub = subnormals(args.cache, args.subnormal_epochs) if cpu and "subnormals" not in args.skip \
         else None  # fmt: skip
     files = file_sizes(args.cache) if cpu and "files" not in args.skip else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, render(device, steps, ops, sub, files, command))
+    write_text_atomic(args.out, render(device, steps, floor, ops, sub, files, command))
     print(f"wrote {args.out}")
     return 0
 

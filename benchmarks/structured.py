@@ -40,14 +40,17 @@ from dwfc._atomic import atomic_path  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.errors import Interrupted  # noqa: E402
 from dwfc.report.schema import RunReport  # noqa: E402
+from dwfc.structure.blocks import channel_block  # noqa: E402
 
 # model: (factory, its keyword arguments, structure.round_to, dense pretraining epochs).
 # LeNet-5's layers have 6 and 16 channels: rounded to 2 it cannot reach 8x (7.98x at most).
 # The residual CNN is ResNetMini at width 48 (691k parameters, 22.9M MACs): at width 16 (2.6M
-# MACs) onnxruntime's time is mostly per-operator overhead and hardly falls with the MACs.
+# MACs) onnxruntime's time is mostly per-operator overhead and hardly falls with the MACs. It
+# rounds as dwfc does by default: to the block of output channels onnxruntime computes at once
+# on this machine (None: dwfc.structure.blocks.channel_block(), 16 with AVX-512, else 8).
 MODELS = {
     "lenet5": ("dwfc.zoo:lenet5", {}, 1, 20),
-    "resnet_mini48": ("dwfc.zoo:resnet_mini", {"width": 48}, 8, 10),
+    "resnet_mini48": ("dwfc.zoo:resnet_mini", {"width": 48}, None, 10),
 }
 # label: (sparsity.method, factorize.depth); slimming needs BatchNorm (resnet_mini only)
 METHODS = {
@@ -75,6 +78,7 @@ def applies(model: str, method: str) -> bool:
 
 def overrides(spec: dict[str, Any], lr: float | None, budget: list[str]) -> list[str]:
     arch, kwargs, round_to, _ = MODELS[spec["model"]]
+    round_to = channel_block() if round_to is None else round_to
     kind, depth = METHODS[spec["method"]]
     found = [f"model.arch={arch}", *(f"model.arch_kwargs.{k}={v}" for k, v in kwargs.items()),
              f"sparsity.method={kind}", f"factorize.depth={depth}",
@@ -121,10 +125,17 @@ def _summary(report: RunReport) -> dict[str, Any]:
         "accuracy": acc.compressed_onnxruntime or acc.compressed_pytorch,
         "original": acc.original, "before_cut": acc.before_cut, "after_cut": acc.after_cut,
         "mac_speedup": st.speedup, "macs": st.macs, "parameters": st.parameters,
+        "round_to": st.round_to,
         "dense_parameters": st.dense_parameters, "channels_removed": st.channels_removed,
         "latency_speedup": latency, "cpu": lat.cpu if lat else None,
         "onnxruntime": lat.onnxruntime if lat else None,
     }
+
+
+def _rounding(model: str, runs: list[dict[str, Any]]) -> str:
+    """The structure.round_to of the model's runs, as they recorded it."""
+    found = sorted({r["round_to"] for r in runs if r["model"] == model and "round_to" in r})
+    return " or ".join(map(str, found)) or "?"
 
 
 def specs(models: list[str], methods: list[str], speedups: list[float], seeds: list[int],
@@ -301,7 +312,7 @@ def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]
         f"({', '.join(map(str, args.seeds))}). ORT: onnxruntime latency of the original over "
         "the compressed model, measured in the same run (interleaved rounds, median; batch 64, "
         "one thread / all threads); the median over the seeds. Layers keep multiples of "
-        + ", ".join(f"{MODELS[m][2]} ({m})" for m in args.models)
+        + ", ".join(f"{_rounding(m, results)} ({m})" for m in args.models)
         + " channels. Learning rate per (model, method): chosen at "
         f"{SEARCH_SPEEDUP:g}x on a validation split (500 of the training images) from "
         f"{', '.join(map(str, SEARCH_LR))}: {json.dumps(lrs)}.",

@@ -271,3 +271,22 @@ def test_a_cut_scores_the_trained_weights_at_each_ratio_and_leaves_the_run_as_it
     points = expand([cut])
     assert points[0] is cut and [p["cr"] for p in points[1:]] == [float(c) for c in CUTS]
     assert all(p["cut_to"] == p["cr"] and p["seed"] == 0 for p in points[1:])
+
+
+def test_the_overhead_floor_counts_factorized_weight_entries_and_picks_the_fastest_variant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import overhead
+
+    monkeypatch.setattr(overhead, "bandwidth", lambda device: 1e9)  # 1 GB/s
+    steps = [{"model": "lenet5", "batch": 128, "depth": None, "mode": "dense", "step_ms": 10.0,
+              "time_ratio": 1.0}] + [
+        {"model": "lenet5", "batch": 128, "depth": 3, "mode": mode, "step_ms": ms,
+         "time_ratio": ms / 10.0} for mode, ms in (("per weight", 13.0), ("fused", 11.0))
+    ]  # fmt: skip
+    (row,) = overhead.traffic_floor(torch.device("cpu"), steps)
+    weights = 6 * 25 + 16 * 6 * 25 + 400 * 120 + 120 * 84 + 84 * 10  # no biases
+    assert row["entries"] == weights
+    assert row["floor_ms"] == pytest.approx(1000 * 84 * weights / 1e9)
+    assert row["floor_ratio"] == pytest.approx(1 + row["floor_ms"] / 10.0)
+    assert (row["best_mode"], row["best_ratio"]) == ("fused", 1.1)

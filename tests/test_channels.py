@@ -23,12 +23,13 @@ from dwfc.engine.checkpoint import load_checkpoint
 from dwfc.inspect import inspect_file
 from dwfc.methods import CHANNEL_METHODS
 from dwfc.outputs import CHECKPOINT, ONNX, SAFETENSORS
+from dwfc.structure.blocks import channel_block
 from dwfc.verify import verify_run
 from dwfc.zoo import lenet5, resnet_mini
 
 LENET5, RESNET = "dwfc.zoo:lenet5", "dwfc.zoo:resnet_mini"
 TINY = ("train.epochs=2", "sparsity.finetune_epochs=1", "train.log_every=5",
-        "structure.kind=channel", "export.latency_rounds=1")  # fmt: skip
+        "structure.kind=channel", "structure.round_to=8", "export.latency_rounds=1")  # fmt: skip
 
 
 def _pretrained(folder: Path, build, name: str, mnist) -> Path:
@@ -159,7 +160,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_refuses_a_speedup_no_removal_reaches_before_training(lenet5_path, tmp_path):
     out = tmp_path / "out"
     done = _cli("compress", str(lenet5_path), "--arch", LENET5, "--structure", "channel",
-                "--target-speedup", "4", "--out", str(out))  # round_to 8: at most 1.70x
+                "--target-speedup", "4", "--round-to", "8", "--out", str(out))  # at most 1.70x
     assert done.returncode == 2
     assert "--target-speedup=4 is more than" in done.stderr and "at most 1.70x" in done.stderr
     assert "--round-to=8" in done.stderr and "Traceback" not in done.stderr
@@ -174,6 +175,13 @@ def test_cli_dry_run_lists_the_groups(lenet5_path):
     names = {g["name"]: g for g in plan["groups"]}
     assert not names["classifier.5"]["removable"]
     assert names["features.0"]["removable"] and plan["max_speedup"] > 3
+
+
+def test_a_dry_run_without_round_to_rounds_to_the_block_of_this_machine(resnet_path):
+    done = _cli("compress", str(resnet_path), "--arch", RESNET, "--structure", "channel",
+                "--target-speedup", "1.2", "--dry-run", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["round_to"] == channel_block()
 
 
 def test_cli_refuses_weight_sparsity_with_channels(lenet5_path, tmp_path):
@@ -201,7 +209,8 @@ def test_a_channel_run_killed_after_its_first_checkpoint_resumes_to_the_same_wei
     resnet_path, tmp_path, wait_for
 ):
     args = ["--arch", RESNET, "--structure", "channel", "--target-speedup", "2", "--epochs", "3",
-            "--quiet", "sparsity.finetune_epochs=1", "train.log_every=5", "export.onnx=false"]
+            "--quiet", "sparsity.finetune_epochs=1", "train.log_every=5", "export.onnx=false",
+            "structure.round_to=8"]
 
     def run(out: Path, *extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "dwfc", "compress", str(resnet_path),

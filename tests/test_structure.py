@@ -132,6 +132,22 @@ def test_round_to_keeps_multiples_and_limits_the_speedup():
     assert plan_channels(model, x, round_to=1).max_speedup > 10.0
 
 
+def test_an_unset_round_to_is_the_block_onnxruntime_computes_output_channels_in(monkeypatch):
+    from dwfc.structure import blocks
+
+    monkeypatch.setattr(blocks.platform, "machine", lambda: "x86_64")
+    assert blocks.channel_block({"avx2", "avx512f"}) == 16
+    assert blocks.channel_block({"avx2"}) == 8
+    monkeypatch.setattr(blocks.platform, "machine", lambda: "aarch64")
+    assert blocks.channel_block({"avx512f"}) == 8
+    monkeypatch.setattr(blocks, "channel_block", lambda: 16)
+    recipe, notes = blocks.with_round_to(load_recipe("default", ["structure.kind=channel"]))
+    assert recipe.structure.round_to == 16 and "structure.round_to=16" in notes[0]
+    for keys in (["structure.kind=channel", "structure.round_to=4"], []):
+        kept, notes = blocks.with_round_to(load_recipe("default", keys))
+        assert kept.structure.round_to == (4 if keys else None) and notes == []
+
+
 @pytest.mark.parametrize("name", ["lenet5", "resnet_mini", "mobilenet_v2", "concat"])
 def test_gated_forward_equals_the_original_and_folding_gives_it_back(name):
     model, x = _model(name)

@@ -1,6 +1,7 @@
 """What a model brings with it: the data transforms it was made for (timm's data config, a
-Hugging Face image processor) and, for Hugging Face models, which weights to factorize by
-default. Applied to the recipe keys the user left unset, each with a note for the report."""
+Hugging Face image processor), for Hugging Face models which weights to factorize by default,
+and for channel runs the rounding this machine's runtime runs fast (dwfc/structure/blocks.py).
+Applied to the recipe keys the user left unset, each with a note for the report."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from dwfc.config import Recipe
 from dwfc.data import text
 from dwfc.models import hf, timm_models
+from dwfc.structure.blocks import with_round_to
 
 
 def _input_channels(model: nn.Module) -> int | None:
@@ -31,7 +33,8 @@ def _data_defaults(recipe: Recipe, model: nn.Module) -> tuple[dict[str, Any], st
 
 
 def with_model_defaults(recipe: Recipe, model: nn.Module) -> tuple[Recipe, list[str]]:
-    """`recipe` with the unset keys the model has defaults for, and a note of each.
+    """`recipe` with the unset keys the model (or this machine) has defaults for, and a note of
+    each.
 
     Data: `data.image_size`, `data.mean` and `data.std` (mean and std only together, and only
     with one value per input channel of the model); for text data, `data.tokenizer`. Hugging
@@ -61,4 +64,5 @@ def with_model_defaults(recipe: Recipe, model: nn.Module) -> tuple[Recipe, list[
         notes.append(f"factorize.exclude={exclude}: embeddings, pooler and head are factorized "
                      "only when asked (set factorize.include or exclude)")  # fmt: skip
         recipe = recipe.model_copy(update={"factorize": fc.model_copy(update={"exclude": exclude})})
-    return recipe, notes
+    recipe, block_notes = with_round_to(recipe)
+    return recipe, notes + block_notes
