@@ -44,7 +44,7 @@ from dwfc.report.markdown import write_report
 from dwfc.report.schema import RunReport
 from dwfc.select import plan
 from dwfc.structure import ChannelPlan, check_target, plan_channels, remove_
-from dwfc.structure.blocks import channel_block
+from dwfc.structure.blocks import round_to
 
 
 def _silent(event: str, info: dict) -> None:
@@ -57,8 +57,7 @@ def plan_for(model: torch.nn.Module, example: Inputs, recipe: Recipe) -> Channel
         raise InputError("structure.kind=channel takes models with one input tensor; this "
                          f"one takes {', '.join(example)}: use structure.kind=none")  # fmt: skip
     cfg = recipe.structure
-    round_to = cfg.round_to if cfg.round_to is not None else channel_block()
-    channels = plan_channels(model, example, round_to, cfg.exclude, cfg.min_keep)
+    channels = plan_channels(model, example, round_to(cfg), cfg.exclude, cfg.min_keep)
     check_target(channels, cfg.target_speedup)
     return channels
 

@@ -38,16 +38,21 @@ class LatencyRow:
     q3_ms: float
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform says."""
+def cpuinfo(field: str) -> str | None:
+    """The first value of `field` ("model name", "flags") in /proc/cpuinfo; None off Linux."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
-                if line.lower().startswith("model name"):
+                if line.lower().startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform says."""
+    return cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _repeats(session: object, feed: dict[str, np.ndarray]) -> int:

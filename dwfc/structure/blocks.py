@@ -10,30 +10,26 @@ block on an AVX2 one.
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
-from dwfc.config import Recipe
+from dwfc.config import Recipe, StructureConfig
+from dwfc.export.latency import cpuinfo
 
 AVX512_BLOCK = 16
 BLOCK = 8  # AVX2, and the machines whose block dwfc does not know
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux names them (empty where /proc/cpuinfo is not there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def channel_block(flags: set[str] | None = None) -> int:
-    """Output channels onnxruntime's CPU convolutions compute at once on this machine."""
+    """Output channels onnxruntime's CPU convolutions compute at once on this machine (or on
+    one with the Linux CPU `flags` given)."""
+    if flags is None:
+        flags = set((cpuinfo("flags") or "").split())
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return AVX512_BLOCK if x86 and "avx512f" in (cpu_flags() if flags is None else flags) \
-        else BLOCK  # fmt: skip
+    return AVX512_BLOCK if x86 and "avx512f" in flags else BLOCK
+
+
+def round_to(structure: StructureConfig) -> int:
+    """`structure.round_to`, or this machine's block where it is unset."""
+    return structure.round_to if structure.round_to is not None else channel_block()
 
 
 def with_round_to(recipe: Recipe) -> tuple[Recipe, list[str]]:
@@ -42,7 +38,7 @@ def with_round_to(recipe: Recipe) -> tuple[Recipe, list[str]]:
     structure = recipe.structure
     if structure.kind != "channel" or structure.round_to is not None:
         return recipe, []
-    block = channel_block()
+    block = round_to(structure)
     note = (f"structure.round_to={block}: onnxruntime's CPU convolutions compute {block} output "
             "channels at a time on this machine (set it to override)")  # fmt: skip
     update = {"structure": structure.model_copy(update={"round_to": block})}
