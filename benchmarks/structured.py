@@ -10,14 +10,17 @@ per model (pretrained once, seeded), with the same budget for every method. Each
 kept as JSON in `--cache` (untracked: a stopped benchmark continues where it stopped), the runs
 behind the page in docs/results-structured_runs.json, from which `--report-only` rebuilds the page.
 The learning rate of each (model, method) is chosen by `--search` at 4x on a validation split
-carved out of the training images (benchmarks/bench_data.py) and kept in
-benchmarks/recipes/structured-search.json. Runs are sequential: two torch processes on two cores
+carved out of the training images (benchmarks/bench_data.py) and kept, with the grid it was chosen
+from, in benchmarks/recipes/structured-search.json (a search of some models keeps the others').
+`--reuse RUNS_JSON` puts the runs of a page back into the cache, so a new page reruns only the
+runs whose recipe changed. Runs are sequential: two torch processes on two cores
 slow each other down many times over, and the latency measured in each run needs a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import shlex
@@ -63,7 +66,8 @@ LABELS = {"dwf2": "D-Gating D=2", "dwf3": "D-Gating D=3", "dwf4": "D-Gating D=4"
 DWF_HEADLINE = ("dwf3", "dwf4")
 SPEEDUPS = (4.0, 2.0, 8.0)  # run in this order: the headline first
 SEEDS = (0, 1, 2)
-SEARCH_LR = (0.025, 0.05, 0.1)
+SEARCH_LR = (0.05, 0.1, 0.2, 0.4)
+FIRST_GRID = (0.025, 0.05, 0.1)  # the grid of the runs files that do not record theirs
 SEARCH_SPEEDUP = 4.0
 BUDGET = ["train.epochs=10", "sparsity.finetune_epochs=2"]
 QUICK = ["train.epochs=1", "sparsity.finetune_epochs=1"]
@@ -95,9 +99,7 @@ def run_one(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[st
     import dwfc
 
     recipe = load_recipe("default", overrides(spec, lr, budget))
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, state_hash(torch.load(dense)),
-                                     recipe.model_dump(mode="json")], sort_keys=True).encode())
-    path = cache / f"{spec['model']}-{spec['method']}-{key.hexdigest()[:16]}.json"
+    path = _cache_path(spec, dense, lr, budget, cache)
     if path.is_file():
         return json.loads(path.read_text())
     start = time.monotonic()
@@ -111,10 +113,19 @@ def run_one(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[st
         else:
             result = {**spec, "lr": recipe.train.lr, **_summary(report)}
     result["seconds"] = round(time.monotonic() - start, 1)
+    result["machine"] = _machine()
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp_path:
         tmp_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _cache_path(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[str],
+                cache: Path) -> Path:  # fmt: skip
+    recipe = load_recipe("default", overrides(spec, lr, budget))
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, state_hash(torch.load(dense)),
+                                     recipe.model_dump(mode="json")], sort_keys=True).encode())
+    return cache / f"{spec['model']}-{spec['method']}-{key.hexdigest()[:16]}.json"
 
 
 def _summary(report: RunReport) -> dict[str, Any]:
@@ -151,6 +162,7 @@ def dense_path(model: str, split: str, cache: Path) -> Path:
 
 
 def run_search(args: argparse.Namespace, budget: list[str]) -> dict[str, dict[str, float]]:
+    """The learning rate of each (model, method) in SEARCH_LR with the best validation accuracy."""
     chosen: dict[str, dict[str, float]] = {}
     for model in args.models:
         dense = dense_path(model, "val", args.cache)
@@ -164,6 +176,47 @@ def run_search(args: argparse.Namespace, budget: list[str]) -> dict[str, dict[st
             best = max(tried, key=lambda lr: tried[lr].get("accuracy") or -1.0)
             chosen.setdefault(model, {})[method] = best
     return chosen
+
+
+def reuse(runs_files: list[Path], args: argparse.Namespace, budget: list[str]) -> int:
+    """File the runs of earlier runs files in the cache under the keys their specs and learning
+    rates have now (where missing); returns how many. A runs file made with other `--set`
+    overrides is refused: its runs are not runs of this benchmark."""
+    added = 0
+    for runs_file in runs_files:
+        saved = json.loads(runs_file.read_text())
+        if _set_of(saved["command"]) != args.set:
+            raise SystemExit(f"{runs_file}: made with --set {_set_of(saved['command'])}, "
+                             f"not {args.set}")  # fmt: skip
+        for r in saved["runs"]:
+            if r.get("error") or r["model"] not in args.models:
+                continue
+            spec = {k: r[k] for k in ("model", "method", "speedup", "seed", "split")}
+            path = _cache_path(spec, dense_path(r["model"], r["split"], args.cache), r["lr"],
+                               budget, args.cache)  # fmt: skip
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    tmp.write_text(json.dumps(r, indent=1))
+                added += 1
+    return added
+
+
+def _values(words: list[str], option: str) -> tuple[int, int]:
+    """Where the values of `option` lie in a command line's words: (start, end); (0, 0) if the
+    option is not there."""
+    if option not in words:
+        return 0, 0
+    start = words.index(option) + 1
+    end = next((i for i in range(start, len(words)) if words[i].startswith("--")), len(words))
+    return start, end
+
+
+def _set_of(command: str) -> list[str]:
+    """The `--set` overrides of a benchmark command line."""
+    words = shlex.split(command)
+    start, end = _values(words, "--set")
+    return words[start:end]
 
 
 def _pct(value: float | None) -> str:
@@ -289,19 +342,25 @@ def plot(path: Path, models: list[str], cells: dict, methods: list[str]) -> None
 
 
 def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]],
-               lrs: dict[str, dict[str, float]], command: str) -> None:  # fmt: skip
+               search: dict[str, Any], command: str) -> None:  # fmt: skip
+    lrs, grids = search["lrs"], search.get("grids", {})
     cells = _cells(results)
     plot_name = out.stem + ".png"
     plot(out.parent / plot_name, args.models, cells, args.methods)
     first = next((r for r in results if r.get("cpu")), {})
+    machines = collections.Counter(r.get("machine", "?") for r in results)
     parts = [
         "# Structured DWF: accuracy against measured speed-up",
         "",
         "<!-- Written by benchmarks/structured.py; rebuild with `python benchmarks/structured.py "
         "--report-only`. -->",
         "",
-        f"Command: `{command}`. Machine: {_machine()}; onnxruntime {first.get('onnxruntime')}, "
-        f"CPU as onnxruntime's report names it: {first.get('cpu')}.",
+        f"Command: `{command}`. "
+        + ("Machine: " if len(machines) == 1 else "Machines (each run measures the original "
+           "and the compressed model on its own machine): ")
+        + "; ".join(f"{m} ({n} runs)" if len(machines) > 1 else m for m, n in machines.items())
+        + f"; onnxruntime {first.get('onnxruntime')}, CPU as onnxruntime's report names it: "
+        + ", ".join(sorted({r["cpu"] for r in results if r.get("cpu")})) + ".",
         "",
         "Every run starts from one dense checkpoint per model (pretrained on mnist5k's 4,000 "
         "training images), compresses with `structure.kind=channel` to the MAC speed-up of the "
@@ -315,7 +374,9 @@ def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]
         + ", ".join(f"{_rounding(m, results)} ({m})" for m in args.models)
         + " channels. Learning rate per (model, method): chosen at "
         f"{SEARCH_SPEEDUP:g}x on a validation split (500 of the training images) from "
-        f"{', '.join(map(str, SEARCH_LR))}: {json.dumps(lrs)}.",
+        + "; ".join(f"{', '.join(map(str, grids.get(m, FIRST_GRID)))} ({m})"
+                    for m in args.models)
+        + f": {json.dumps({m: lrs.get(m) for m in args.models})}.",
         "",
         f"![accuracy against measured speed-up]({plot_name})",
         "",
@@ -350,6 +411,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search", action="store_true", help="choose the learning rates first")
     p.add_argument("--quick", action="store_true", help="1 + 1 epochs: checks the plumbing")
     p.add_argument("--report-only", action="store_true", help="rebuild the page from the runs")
+    p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="RUNS_JSON",
+                   help="put the runs of these runs files back into the cache first")
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "cache" / "structured")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results-structured.md")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -358,6 +421,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.set and args.search:
         p.error("--search chooses the learning rates of the benchmark itself: not with --set")
     return args
+
+
+def _searched() -> dict[str, Any]:
+    """The chosen learning rates, `lrs` (model -> method -> rate), and the grid each model's were
+    chosen from, `grids` (model -> rates)."""
+    if not SEARCH_FILE.is_file():
+        return {"lrs": {}, "grids": {}}
+    return json.loads(SEARCH_FILE.read_text())
+
+
+def _shown(argv: list[str]) -> list[str]:
+    """The command line as a page shows it: without `--reuse` and its runs files."""
+    start, end = _values(argv, "--reuse")
+    return argv[:start - 1] + argv[end:] if start else argv
 
 
 def run_budget(args: argparse.Namespace) -> list[str]:
@@ -370,18 +447,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     budget = run_budget(args)
     runs_file = args.out.with_name(args.out.stem + "_runs.json")
+    search = _searched()
+    if args.reuse:
+        print(f"reused {reuse(args.reuse, args, budget)} runs into {args.cache}")
     if args.search:
         chosen = run_search(args, budget)
+        search["lrs"].update(chosen)
+        search["grids"].update({m: list(SEARCH_LR) for m in chosen})
         if not args.quick:
             with atomic_path(SEARCH_FILE) as tmp:
-                tmp.write_text(json.dumps(chosen, indent=1) + "\n")
+                tmp.write_text(json.dumps(search, indent=1) + "\n")
         print(json.dumps(chosen))
-    lrs = json.loads(SEARCH_FILE.read_text()) if SEARCH_FILE.is_file() else {}
-    command = shlex.join(["python", "benchmarks/structured.py", *(sys.argv[1:] if argv is None
-                                                                  else argv)])
+    lrs = search["lrs"]
+    command = shlex.join(["python", "benchmarks/structured.py", *_shown(sys.argv[1:] if argv is None
+                                                                        else argv)])
     if args.report_only:
         saved = json.loads(runs_file.read_text())
-        write_page(args.out, args, saved["runs"], saved["lrs"], saved["command"])
+        write_page(args.out, args, saved["runs"], saved, saved["command"])
         return 0
     results = []
     todo = specs(args.models, args.methods, args.speedups, args.seeds)
@@ -397,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['seconds']} s) {r.get('error', '')}", flush=True)  # fmt: skip
     if not args.quick:
         with atomic_path(runs_file) as tmp:
-            tmp.write_text(json.dumps({"command": command, "lrs": lrs, "runs": results}, indent=1))
-    write_page(args.out, args, results, lrs, command)
+            tmp.write_text(json.dumps({"command": command, **search, "runs": results}, indent=1))
+    write_page(args.out, args, results, search, command)
     print(f"wrote {args.out}")
     return 0
 

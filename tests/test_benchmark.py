@@ -249,6 +249,32 @@ def test_the_structured_benchmark_runs_an_ablation_through_every_run_but_not_its
         structured.parse_args(["--search", "--set", "structure.min_keep=0.25"])
 
 
+def test_structured_runs_reused_from_a_page_are_found_only_by_the_recipe_they_were_run_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from benchmarks import structured
+
+    dense = tmp_path / "dense.pt"
+    torch.save({"w": torch.arange(4.0)}, dense)
+    monkeypatch.setattr(structured, "dense_path", lambda model, split, cache: dense)
+    spec = {"model": "resnet_mini48", "method": "dwf3", "speedup": 4.0, "seed": 0,
+            "split": "test"}  # fmt: skip
+    run = {**spec, "lr": 0.2, "accuracy": 0.97}
+    runs_file = tmp_path / "page_runs.json"
+    runs_file.write_text(json.dumps({"command": "python benchmarks/structured.py", "runs": [run]}))
+    args = structured.parse_args(["--cache", str(tmp_path / "cache"), "--reuse", str(runs_file)])
+    budget = structured.run_budget(args)
+    assert structured.reuse([runs_file], args, budget) == 1
+    assert structured.reuse([runs_file], args, budget) == 0  # already there
+    cached = structured._cache_path(spec, dense, 0.2, budget, args.cache)
+    assert json.loads(cached.read_text())["accuracy"] == 0.97
+    assert not structured._cache_path(spec, dense, 0.1, budget, args.cache).is_file()
+    ablation = structured.parse_args(["--set", "structure.min_keep=0.25"])
+    with pytest.raises(SystemExit, match="min_keep"):
+        structured.reuse([runs_file], ablation, structured.run_budget(ablation))
+    shown = structured._shown(["--reuse", "a.json", "b.json", "--out", "x.md"])
+    assert shown == ["--out", "x.md"]
+
+
 def test_a_penalty_warm_up_lets_a_network_learn_before_lambda_can_empty_it() -> None:
     """From scratch, a fixed lambda kills LeNet-300-100 before it learns (chance accuracy); the
     same lambda ramped up over the run does not."""
