@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.bench_data import accuracy, build, splits  # noqa: E402
+from dwfc.export.latency import cpu_name  # noqa: E402
 
 LABELS = {
     "dwf2": "DWF D=2", "dwf3": "DWF D=3", "dwf4": "DWF D=4", "gmp": "GMP (cubic)",
@@ -220,15 +221,8 @@ def cut_table(specs: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, "
+    return (f"{cpu_name()}, {os.cpu_count()} logical CPUs (shared), "
+            f"Python {platform.python_version()}, "
             f"torch {torch.__version__}, {platform.system()} {platform.release()}")
 
 

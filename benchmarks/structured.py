@@ -42,6 +42,7 @@ from benchmarks.bench_report import _machine  # noqa: E402
 from dwfc._atomic import atomic_path  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.errors import Interrupted  # noqa: E402
+from dwfc.export.latency import cpu_name  # noqa: E402
 from dwfc.report.schema import RunReport  # noqa: E402
 from dwfc.structure.blocks import channel_block  # noqa: E402
 
@@ -181,7 +182,9 @@ def run_search(args: argparse.Namespace, budget: list[str]) -> dict[str, dict[st
 def reuse(runs_files: list[Path], args: argparse.Namespace, budget: list[str]) -> int:
     """File the runs of earlier runs files in the cache under the keys their specs and learning
     rates have now (where missing); returns how many. A runs file made with other `--set`
-    overrides is refused: its runs are not runs of this benchmark."""
+    overrides is refused: its runs are not runs of this benchmark. Runs made on another CPU are
+    left out: training is not bit for bit the same across CPUs (the same run on an AMD EPYC and an
+    Intel Xeon ended 0.2 points apart), so they are not what this machine would compute."""
     added = 0
     for runs_file in runs_files:
         saved = json.loads(runs_file.read_text())
@@ -189,7 +192,8 @@ def reuse(runs_files: list[Path], args: argparse.Namespace, budget: list[str]) -
             raise SystemExit(f"{runs_file}: made with --set {_set_of(saved['command'])}, "
                              f"not {args.set}")  # fmt: skip
         for r in saved["runs"]:
-            if r.get("error") or r["model"] not in args.models:
+            if (r.get("error") or r["model"] not in args.models
+                    or not r.get("machine", "").startswith(cpu_name() + ",")):  # fmt: skip
                 continue
             spec = {k: r[k] for k in ("model", "method", "speedup", "seed", "split")}
             path = _cache_path(spec, dense_path(r["model"], r["split"], args.cache), r["lr"],

@@ -258,9 +258,11 @@ def test_structured_runs_reused_from_a_page_are_found_only_by_the_recipe_they_we
     monkeypatch.setattr(structured, "dense_path", lambda model, split, cache: dense)
     spec = {"model": "resnet_mini48", "method": "dwf3", "speedup": 4.0, "seed": 0,
             "split": "test"}  # fmt: skip
-    run = {**spec, "lr": 0.2, "accuracy": 0.97}
+    run = {**spec, "lr": 0.2, "accuracy": 0.97, "machine": structured._machine()}
+    elsewhere = {**run, "seed": 1, "machine": "Another CPU, 2 logical CPUs"}
     runs_file = tmp_path / "page_runs.json"
-    runs_file.write_text(json.dumps({"command": "python benchmarks/structured.py", "runs": [run]}))
+    runs_file.write_text(json.dumps({"command": "python benchmarks/structured.py",
+                                     "runs": [run, elsewhere]}))  # fmt: skip
     args = structured.parse_args(["--cache", str(tmp_path / "cache"), "--reuse", str(runs_file)])
     budget = structured.run_budget(args)
     assert structured.reuse([runs_file], args, budget) == 1
