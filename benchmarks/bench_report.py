@@ -220,6 +220,20 @@ def cut_table(specs: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]
             "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows))  # fmt: skip
 
 
+def without_options(argv: Sequence[str], options: Sequence[str]) -> list[str]:
+    """A command line's words without the given options and their values."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg in options:
+            skipping = True
+        elif skipping and not arg.startswith("--"):
+            continue
+        else:
+            skipping = False
+            kept.append(arg)
+    return kept
+
+
 def _machine() -> str:
     return (f"{cpu_name()}, {os.cpu_count()} logical CPUs (shared), "
             f"Python {platform.python_version()}, "

@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import dwfc  # noqa: E402
 from benchmarks.bench_data import accuracy, build, splits  # noqa: E402
+from benchmarks.bench_report import without_options  # noqa: E402
 from benchmarks.paired import paired, shown  # noqa: E402
 from dwfc._atomic import write_text_atomic  # noqa: E402
 from dwfc.config import FactorizeConfig  # noqa: E402
@@ -511,20 +512,6 @@ def plot(path: Path, results: list[dict[str, Any]], args: argparse.Namespace) ->
 UNSHOWN = ("--reuse", "--cache")  # where runs are kept, not what they are
 
 
-def _shown(argv: Sequence[str]) -> list[str]:
-    """The command line as a page shows it: without the options in UNSHOWN and their values."""
-    kept, skipping = [], False
-    for arg in argv:
-        if arg in UNSHOWN:
-            skipping = True
-        elif skipping and not arg.startswith("--"):
-            continue
-        else:
-            skipping = False
-            kept.append(arg)
-    return kept
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
@@ -563,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in LAMBDAS:
             LAMBDAS[method] = LAMBDAS[method][::3]
     command = "python benchmarks/paper_regime.py " + shlex.join(
-        _shown(sys.argv[1:] if argv is None else argv))  # fmt: skip
+        without_options(sys.argv[1:] if argv is None else argv, UNSHOWN))  # fmt: skip
     if args.reuse:
         print(f"reused {reuse(args.reuse, args.cache)} runs into {args.cache}")
     lrs, validation = choose_lrs(args, args.cache)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import itertools
 import json
 import shlex
 import statistics
@@ -38,7 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and a source
 import torch  # noqa: E402
 
 from benchmarks.bench_data import VALIDATION_SOURCE, pretrain, state_hash  # noqa: E402
-from benchmarks.bench_report import _machine  # noqa: E402
+from benchmarks.bench_report import _machine, without_options  # noqa: E402
 from dwfc._atomic import atomic_path  # noqa: E402
 from dwfc.config import load_recipe  # noqa: E402
 from dwfc.errors import Interrupted  # noqa: E402
@@ -206,21 +207,13 @@ def reuse(runs_files: list[Path], args: argparse.Namespace, budget: list[str]) -
     return added
 
 
-def _values(words: list[str], option: str) -> tuple[int, int]:
-    """Where the values of `option` lie in a command line's words: (start, end); (0, 0) if the
-    option is not there."""
-    if option not in words:
-        return 0, 0
-    start = words.index(option) + 1
-    end = next((i for i in range(start, len(words)) if words[i].startswith("--")), len(words))
-    return start, end
-
-
 def _set_of(command: str) -> list[str]:
     """The `--set` overrides of a benchmark command line."""
     words = shlex.split(command)
-    start, end = _values(words, "--set")
-    return words[start:end]
+    if "--set" not in words:
+        return []
+    after = words[words.index("--set") + 1:]
+    return list(itertools.takewhile(lambda word: not word.startswith("--"), after))
 
 
 def _pct(value: float | None) -> str:
@@ -437,8 +430,7 @@ def _searched() -> dict[str, Any]:
 
 def _shown(argv: list[str]) -> list[str]:
     """The command line as a page shows it: without `--reuse` and its runs files."""
-    start, end = _values(argv, "--reuse")
-    return argv[:start - 1] + argv[end:] if start else argv
+    return without_options(argv, ["--reuse"])
 
 
 def run_budget(args: argparse.Namespace) -> list[str]:
