@@ -71,15 +71,15 @@ def by_cell(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, float, str], dict
     return cells
 
 
-def shown(p: Paired | None, ratio: bool = False) -> str:
-    """`mean [low, high]`, bold where the interval excludes zero; with `ratio`, a difference of
-    natural logs shown as `exp(mean)x [exp(low), exp(high)]`."""
+def shown(p: Paired | None, ratio: bool = False, digits: int = 1) -> str:
+    """`mean [low, high]` to `digits` decimals, bold where the interval excludes zero; with
+    `ratio`, a difference of natural logs shown as `exp(mean)x [exp(low), exp(high)]`."""
     if p is None:
         return "n/a"
     if ratio:
         text = f"{math.exp(p.mean):.2f}x [{math.exp(p.low):.2f}, {math.exp(p.high):.2f}]"
     else:
-        text = f"{p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
+        text = f"{p.mean:+.{digits}f} [{p.low:+.{digits}f}, {p.high:+.{digits}f}]"
     return f"**{text}**" if p.significant else text
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import hashlib
 import itertools
 import json
@@ -40,8 +41,9 @@ import torch  # noqa: E402
 
 from benchmarks.bench_data import VALIDATION_SOURCE, pretrain, state_hash  # noqa: E402
 from benchmarks.bench_report import _machine, without_options  # noqa: E402
+from benchmarks.paired import LEVEL, paired, shown  # noqa: E402
 from dwfc._atomic import atomic_path  # noqa: E402
-from dwfc.config import load_recipe  # noqa: E402
+from dwfc.config import Recipe, load_recipe  # noqa: E402
 from dwfc.errors import Interrupted  # noqa: E402
 from dwfc.export.latency import cpu_name  # noqa: E402
 from dwfc.report.schema import RunReport  # noqa: E402
@@ -74,7 +76,9 @@ SEARCH_SPEEDUP = 4.0
 BUDGET = ["train.epochs=10", "sparsity.finetune_epochs=2"]
 QUICK = ["train.epochs=1", "sparsity.finetune_epochs=1"]
 FIXED = ["structure.kind=channel", "train.checkpoint=false"]
-CACHE_VERSION = 1
+# 2: the cut gives back what its last step overshoots (dwfc/structure/cut.py); a run records
+# the version it was made with, and --reuse takes only this one's
+CACHE_VERSION = 2
 SEARCH_FILE = ROOT / "benchmarks" / "recipes" / "structured-search.json"
 
 
@@ -101,7 +105,7 @@ def run_one(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[st
     import dwfc
 
     recipe = load_recipe("default", overrides(spec, lr, budget))
-    path = _cache_path(spec, dense, lr, budget, cache)
+    path = _cache_path(spec, recipe, dense, cache)
     if path.is_file():
         return json.loads(path.read_text())
     start = time.monotonic()
@@ -116,18 +120,22 @@ def run_one(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[st
             result = {**spec, "lr": recipe.train.lr, **_summary(report)}
     result["seconds"] = round(time.monotonic() - start, 1)
     result["machine"] = _machine()
+    result["cache_version"] = CACHE_VERSION
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp_path:
         tmp_path.write_text(json.dumps(result, indent=1))
     return result
 
 
-def _cache_path(spec: dict[str, Any], dense: Path, lr: float | None, budget: list[str],
-                cache: Path) -> Path:  # fmt: skip
-    recipe = load_recipe("default", overrides(spec, lr, budget))
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, state_hash(torch.load(dense)),
+def _cache_path(spec: dict[str, Any], recipe: Recipe, dense: Path, cache: Path) -> Path:
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, _dense_hash(dense),
                                      recipe.model_dump(mode="json")], sort_keys=True).encode())
     return cache / f"{spec['model']}-{spec['method']}-{key.hexdigest()[:16]}.json"
+
+
+@functools.cache
+def _dense_hash(dense: Path) -> str:
+    return state_hash(torch.load(dense))
 
 
 def _summary(report: RunReport) -> dict[str, Any]:
@@ -185,7 +193,8 @@ def reuse(runs_files: list[Path], args: argparse.Namespace, budget: list[str]) -
     rates have now (where missing); returns how many. A runs file made with other `--set`
     overrides is refused: its runs are not runs of this benchmark. Runs made on another CPU are
     left out: training is not bit for bit the same across CPUs (the same run on an AMD EPYC and an
-    Intel Xeon ended 0.2 points apart), so they are not what this machine would compute."""
+    Intel Xeon ended 0.2 points apart), so they are not what this machine would compute; so are
+    runs of another CACHE_VERSION (made by other code)."""
     added = 0
     for runs_file in runs_files:
         saved = json.loads(runs_file.read_text())
@@ -194,11 +203,13 @@ def reuse(runs_files: list[Path], args: argparse.Namespace, budget: list[str]) -
                              f"not {args.set}")  # fmt: skip
         for r in saved["runs"]:
             if (r.get("error") or r["model"] not in args.models
+                    or r.get("cache_version", 1) != CACHE_VERSION
                     or not r.get("machine", "").startswith(cpu_name() + ",")):  # fmt: skip
                 continue
             spec = {k: r[k] for k in ("model", "method", "speedup", "seed", "split")}
-            path = _cache_path(spec, dense_path(r["model"], r["split"], args.cache), r["lr"],
-                               budget, args.cache)  # fmt: skip
+            recipe = load_recipe("default", overrides(spec, r["lr"], budget))
+            path = _cache_path(spec, recipe, dense_path(r["model"], r["split"], args.cache),
+                               args.cache)  # fmt: skip
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(path) as tmp:
@@ -244,7 +255,8 @@ def _latency(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def table(model: str, cells: dict, methods: list[str], speedups: list[float]) -> str:
-    rows = ["| method | " + " | ".join(f"{s:g}x: accuracy | ORT b64 1t / all" for s in speedups)
+    rows = ["| method | " + " | ".join(f"{s:g}x: accuracy | MACs reached: ORT b64 1t / all"
+                                       for s in speedups)
             + " |", "|---|" + "---|---|" * len(speedups)]  # fmt: skip
     for method in (k for k in methods if applies(model, k)):
         line = [LABELS[method]]
@@ -254,7 +266,9 @@ def table(model: str, cells: dict, methods: list[str], speedups: list[float]) ->
             line.append("failed" if runs and acc is None else
                         f"{acc[0]:.2f} ± {acc[1]:.2f} (n={len(runs)})" if acc else "–")
             one, every = _latency(runs, "b64_t1"), _latency(runs, "b64_t0")
-            line.append(f"{one:.2f}x / {every:.2f}x" if one and every else "–")
+            macs = [r["mac_speedup"] for r in runs if r.get("mac_speedup")]
+            line.append(f"{statistics.median(macs):.2f}x: {one:.2f}x / {every:.2f}x"
+                        if one and every and macs else "–")
         rows.append("| " + " | ".join(line) + " |")
     return "\n".join(rows)
 
@@ -295,6 +309,27 @@ def verdict(model: str, cells: dict, methods: list[str], speedups: list[float],
                      f"speed-up: median {statistics.median(ratios):.2f}, lowest {low:.2f} "
                      f"(goal at least 0.7): **{'met' if low >= 0.7 else 'not met'}**")  # fmt: skip
     return lines
+
+
+def paired_table(model: str, cells: dict, methods: list[str], speedups: list[float]) -> str:
+    """D-Gating D = 3 and 4 minus every other method, seed by seed (runs with the same seed
+    start from the same dense checkpoint and see the same data order)."""
+    others = [k for k in methods if k not in DWF_HEADLINE and applies(model, k)]
+    rows = ["| speed-up | method | " + " | ".join(f"- {LABELS[k]}" for k in others) + " |",
+            "|---|---|" + "---|" * len(others)]  # fmt: skip
+    for s in sorted(speedups):
+        for dwf in (k for k in DWF_HEADLINE if k in methods):
+            mine = _by_seed(cells.get((model, dwf, s), []))
+            if len(mine) < 2:
+                continue
+            rows.append(f"| {s:g}x | {LABELS[dwf]} | " + " | ".join(
+                shown(paired(mine, _by_seed(cells.get((model, k, s), []))), digits=2)
+                for k in others) + " |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def _by_seed(runs: list[dict[str, Any]]) -> dict[int, float]:
+    return {r["seed"]: r["accuracy"] for r in runs if r.get("accuracy") is not None}
 
 
 def _spread(runs: list[dict[str, Any]]) -> tuple[float, float, float] | None:
@@ -367,7 +402,9 @@ def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]
         "`model.onnx` in onnxruntime. Accuracy: mean ± standard deviation over the seeds "
         f"({', '.join(map(str, args.seeds))}). ORT: onnxruntime latency of the original over "
         "the compressed model, measured in the same run (interleaved rounds, median; batch 64, "
-        "one thread / all threads); the median over the seeds. Layers keep multiples of "
+        "one thread / all threads); the median over the seeds, after the MAC speed-up the "
+        "runs reached (median; the cut overshoots the column's by at most one removal step). "
+        "Layers keep multiples of "
         + ", ".join(f"{_rounding(m, results)} ({m})" for m in args.models)
         + " channels. Learning rate per (model, method): chosen at "
         f"{SEARCH_SPEEDUP:g}x on a validation split (500 of the training images) from "
@@ -387,7 +424,11 @@ def write_page(out: Path, args: argparse.Namespace, results: list[dict[str, Any]
         parts += ["", f"## {model}", "",
                   f"Dense accuracy {dense:.2f}%." if dense is not None else "", "",
                   table(model, cells, args.methods, args.speedups), "",
-                  "Goals:", "", *verdict(model, cells, args.methods, args.speedups, dense)]
+                  "Goals:", "", *verdict(model, cells, args.methods, args.speedups, dense),
+                  "", f"Paired, seed by seed: accuracy points of D-Gating minus each other "
+                  f"method, mean over the seeds with a {LEVEL:.0%} Student-t interval "
+                  "(**bold**: it excludes zero; n/a: fewer than two seeds in both).", "",
+                  paired_table(model, cells, args.methods, args.speedups)]
     failed = [r for r in results if r.get("error")]
     if failed:
         parts += ["", "## Failed runs", ""] + [

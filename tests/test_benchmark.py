@@ -258,23 +258,46 @@ def test_structured_runs_reused_from_a_page_are_found_only_by_the_recipe_they_we
     monkeypatch.setattr(structured, "dense_path", lambda model, split, cache: dense)
     spec = {"model": "resnet_mini48", "method": "dwf3", "speedup": 4.0, "seed": 0,
             "split": "test"}  # fmt: skip
-    run = {**spec, "lr": 0.2, "accuracy": 0.97, "machine": structured._machine()}
+    run = {**spec, "lr": 0.2, "accuracy": 0.97, "machine": structured._machine(),
+           "cache_version": structured.CACHE_VERSION}  # fmt: skip
     elsewhere = {**run, "seed": 1, "machine": "Another CPU, 2 logical CPUs"}
+    older_code = {k: v for k, v in run.items() if k != "cache_version"} | {"seed": 2}
     runs_file = tmp_path / "page_runs.json"
     runs_file.write_text(json.dumps({"command": "python benchmarks/structured.py",
-                                     "runs": [run, elsewhere]}))  # fmt: skip
+                                     "runs": [run, elsewhere, older_code]}))  # fmt: skip
     args = structured.parse_args(["--cache", str(tmp_path / "cache"), "--reuse", str(runs_file)])
     budget = structured.run_budget(args)
     assert structured.reuse([runs_file], args, budget) == 1
     assert structured.reuse([runs_file], args, budget) == 0  # already there
-    cached = structured._cache_path(spec, dense, 0.2, budget, args.cache)
-    assert json.loads(cached.read_text())["accuracy"] == 0.97
-    assert not structured._cache_path(spec, dense, 0.1, budget, args.cache).is_file()
+
+    def cached_at(lr: float) -> Path:
+        recipe = load_recipe("default", structured.overrides(spec, lr, budget))
+        return structured._cache_path(spec, recipe, dense, args.cache)
+
+    assert json.loads(cached_at(0.2).read_text())["accuracy"] == 0.97
+    assert not cached_at(0.1).is_file()
     ablation = structured.parse_args(["--set", "structure.min_keep=0.25"])
     with pytest.raises(SystemExit, match="min_keep"):
         structured.reuse([runs_file], ablation, structured.run_budget(ablation))
     shown = structured._shown(["--reuse", "a.json", "b.json", "--out", "x.md"])
     assert shown == ["--out", "x.md"]
+
+
+def test_the_structured_page_compares_d_gating_with_each_method_seed_by_seed() -> None:
+    from benchmarks import structured
+
+    def runs(method: str, accuracies: list[float]) -> list[dict]:
+        return [{"model": "resnet_mini48", "method": method, "speedup": 4.0, "seed": seed,
+                 "accuracy": a} for seed, a in enumerate(accuracies)]  # fmt: skip
+
+    cells = structured._cells([*runs("dwf3", [0.975, 0.970, 0.980]),
+                               *runs("filter_l1", [0.965, 0.960, 0.970]),  # 1 point behind
+                               *runs("slimming", [0.980, 0.965, 0.975])])  # level on average
+    table = structured.paired_table("resnet_mini48", cells, ["dwf3", "filter_l1", "slimming"],
+                                    [4.0])  # fmt: skip
+    row = next(line for line in table.splitlines() if line.startswith("| 4x | D-Gating D=3"))
+    assert "**+1.00 [+1.00, +1.00]**" in row  # the same gap on every seed: significant
+    assert "+0.17 [" in row and "**+0.17" not in row  # seed-to-seed noise: not
 
 
 def test_a_penalty_warm_up_lets_a_network_learn_before_lambda_can_empty_it() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -28,6 +29,7 @@ from dwfc.export import (
     save_sparse,
     tensor_digests,
 )
+from dwfc.export.onnx_file import FLUSH_BELOW
 
 
 def _sparse(shape: tuple[int, ...], zero_frac: float, seed: int = 0) -> torch.Tensor:
@@ -275,6 +277,24 @@ def test_export_onnx_matches_pytorch(tmp_path: Path, make) -> None:
     assert [i.name for i in graph.input] == ["input"]
     assert [o.name for o in graph.output] == ["output"]
     assert onnx_max_abs_diff(path, model, torch.randn(7, 1, 8, 8)) <= 1e-4
+
+
+def test_export_sets_weights_whose_products_would_be_subnormal_to_zero(tmp_path: Path) -> None:
+    """A filter a penalty has shrunk to 1e-15, BatchNorm scale 1e-12: folded, 1e-27, whose
+    products with an activation under 1e-12 are subnormal (slow on CPUs) and hold nothing."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight[0].fill_(1e-15)
+        model[0].bias[0] = 0.0
+        model[1].weight[0] = 1e-12
+        model[1].bias[0] = 0.0
+    path = tmp_path / "model.onnx"
+    assert export_onnx(model, torch.randn(1, 1, 8, 8), path) == 9  # the first filter, folded
+    values = np.concatenate([numpy_helper.to_array(i).ravel()
+                             for i in onnx.load(str(path)).graph.initializer])  # fmt: skip
+    assert not ((values != 0) & (np.abs(values) < FLUSH_BELOW)).any()
+    assert (values != 0).sum() == 3 * 9 + 3  # the other filters and biases are untouched
+    assert onnx_max_abs_diff(path, model, torch.randn(7, 1, 8, 8)) <= 1e-6
 
 
 def test_export_restores_training_mode(tmp_path: Path) -> None:

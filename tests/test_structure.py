@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -215,14 +216,49 @@ def test_the_cut_reaches_the_speedup_with_the_weakest_channels_and_no_more():
     scores = {g.name: torch.rand(g.size, generator=generator) for g in plan.removable}
     removed = cut_to_speedup(plan.removable, scores, 8, 3.0, plan.speedup)
     assert plan.speedup(removed) >= 3.0
-    steps = removal_steps(plan.removable, scores, 8)
-    count = sum(1 for s in steps if set(s.channels) <= set(removed.get(s.group, [])))
-    assert plan.speedup(removed_by(steps, count - 1)) < 3.0  # one step fewer falls short
+    assert _no_group_keeps_one_more_step(plan.removable, scores, 8, removed, 3.0, plan.speedup)
     for g in plan.removable:
         kept = g.size - len(removed.get(g.name, []))
         assert kept % 8 == 0 or kept == g.size
         order = torch.argsort(scores[g.name]).tolist()
         assert sorted(removed.get(g.name, [])) == sorted(order[: g.size - kept])
+
+
+def _no_group_keeps_one_more_step(groups, scores, round_to, removed, target, speedup) -> bool:
+    """Giving back any group's strongest removed step falls short of the target."""
+    steps = removal_steps(groups, scores, round_to)
+    for g in groups:
+        taken = [s for s in steps if s.group == g.name
+                 and set(s.channels) <= set(removed.get(g.name, []))]  # fmt: skip
+        if taken:
+            back = {**removed, g.name: sorted(set(removed[g.name]) - set(taken[-1].channels))}
+            if speedup(back) >= target:
+                return False
+    return True
+
+
+def test_a_large_last_step_of_the_cut_is_made_up_for_by_giving_back_weaker_ones():
+    """One group whose channels cost ten times the others' (a residual stream): removing its
+    block overshoots the target, so the cut gives back what it took before, strongest first."""
+    groups = [SimpleNamespace(name=f"g{i}", size=32, keeps=8) for i in range(4)]
+    cost = {"g0": 10.0, "g1": 1.0, "g2": 1.0, "g3": 1.0}
+    dense = sum(cost[g.name] * g.size for g in groups)
+
+    def speedup(removed: dict[str, list[int]]) -> float:
+        return dense / (dense - sum(cost[n] * len(c) for n, c in removed.items()))
+
+    scores = {g.name: torch.linspace(0.1, 1.0, 32) for g in groups}
+    scores["g0"] = torch.linspace(0.8, 2.0, 32)  # its first block goes after all the others
+    steps = removal_steps(groups, scores, 8)
+    prefix = next(n for n in range(len(steps) + 1) if speedup(removed_by(steps, n)) >= 1.25)
+    assert speedup(removed_by(steps, prefix)) > 1.5  # what the shortest prefix alone reaches
+    removed = cut_to_speedup(groups, scores, 8, 1.25, speedup)
+    assert 1.25 <= speedup(removed) < 1.3
+    assert len(removed["g0"]) == 8  # the large step stays; weaker ones elsewhere are given back
+    assert _no_group_keeps_one_more_step(groups, scores, 8, removed, 1.25, speedup)
+    for g in groups:  # still each group's weakest channels
+        assert removed.get(g.name, []) == sorted(
+            torch.argsort(scores[g.name]).tolist()[: len(removed.get(g.name, []))])
 
 
 def test_a_speedup_beyond_every_removal_is_refused_with_the_maximum():

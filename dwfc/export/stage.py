@@ -143,10 +143,12 @@ def write_onnx(job: ExportJob) -> None:
     cpu_model = job.model.to("cpu").eval()
     metadata = onnx_metadata(job)
     example = job.example
-    spatial = (isinstance(example, torch.Tensor) and example.dim() == 4
-               and _exports_with_any_size(job, cpu_model, path, metadata))  # fmt: skip
-    if not spatial:
-        export_onnx(cpu_model, inputs.take(example, 1), path, cfg.opset, False, metadata)
+    flushed = (_exports_with_any_size(job, cpu_model, path, metadata)
+               if isinstance(example, torch.Tensor) and example.dim() == 4 else None)  # fmt: skip
+    spatial = flushed is not None
+    if flushed is None:
+        flushed = export_onnx(cpu_model, inputs.take(example, 1), path, cfg.opset, False,
+                              metadata)  # fmt: skip
     dynamic = ["batch", *SPATIAL_AXES.values()] if spatial else ["batch"]
     if inputs.names(example):
         dynamic += SEQUENCE_AXES.values()
@@ -154,22 +156,23 @@ def write_onnx(job: ExportJob) -> None:
     job.result.onnx = OnnxInfo(
         max_abs_diff=diff, tolerance=cfg.parity_tolerance, checker="passed", opset=cfg.opset,
         sparse_variant=None, sparse_variant_note=None, full_check="passed",
-        dynamic_axes=dynamic,
+        dynamic_axes=dynamic, flushed=flushed,
         metadata=metadata,
     )  # fmt: skip
     job.result.onnx_accuracy = onnx_accuracy(path, job.eval_loader)
 
 
 def _exports_with_any_size(job: ExportJob, model: nn.Module, path: Path,
-                           metadata: dict[str, str]) -> bool:  # fmt: skip
-    """Export with dynamic height and width to `path`; whether that export stands (it may fail,
-    e.g. adaptive pooling to a fixed grid, or not match PyTorch at another size)."""
+                           metadata: dict[str, str]) -> int | None:  # fmt: skip
+    """Export with dynamic height and width to `path`: the values it flushed if that export
+    stands, None if not (it may fail, e.g. adaptive pooling to a fixed grid, or not match
+    PyTorch at another size)."""
     cfg = job.recipe.export
     try:
-        export_onnx(model, inputs.take(job.example, 1), path, cfg.opset, True, metadata)
+        flushed = export_onnx(model, inputs.take(job.example, 1), path, cfg.opset, True, metadata)
     except ExportCheckError:
-        return False
-    return spatial_sizes_work(path, model, job.example, cfg.parity_tolerance)
+        return None
+    return flushed if spatial_sizes_work(path, model, job.example, cfg.parity_tolerance) else None
 
 
 def write_sparse_onnx(job: ExportJob) -> None:

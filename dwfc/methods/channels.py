@@ -124,13 +124,12 @@ class ChannelMethod(Method):
         self, scores: dict[str, Tensor], speedup: float, exact: bool = True
     ) -> dict[str, Tensor]:
         """Keep masks reaching `speedup`: counted on the smaller model (`exact`), or estimated."""
-        if exact:
-            measured = self.plan.speedup
-        else:
-            def measured(removed: Removed) -> float:
-                masks = keep_masks(self.groups, removed)
-                return 1.0 / max(1e-12, 1.0 - self._mac_share(masks))
-        removed = cut_to_speedup(self.groups, scores, self.plan.round_to, speedup, measured)
+        def estimated(removed: Removed) -> float:
+            return 1.0 / max(1e-12, 1.0 - self._mac_share(keep_masks(self.groups, removed)))
+
+        measured = self.plan.speedup if exact else estimated
+        removed = cut_to_speedup(self.groups, scores, self.plan.round_to, speedup, measured,
+                                 estimated)  # fmt: skip
         return keep_masks(self.groups, removed)
 
     def final_cut(self, trainer: Trainer, scores: dict[str, Tensor]) -> None:

@@ -393,6 +393,9 @@ def _onnx_section(r: RunReport) -> str:
     if "full_check" in o.model_fields_set:
         rows[4:4] = [["Full check (strict shape inference)", text(o.full_check)],
                      ["Dynamic input axes", text(", ".join(o.dynamic_axes or []))]]
+    if o.flushed is not None:
+        rows.append(["Weight values under 1.08e-19 set to 0 (subnormal products are slow)",
+                     text(o.flushed)])
     if variant and o.sparse_variant_full_check:
         rows.append(["Sparse variant full check", text(o.sparse_variant_full_check)])
     md = "## ONNX check\n\n" + ("ONNX export was not run.\n\n" if not o.model_fields_set else "")

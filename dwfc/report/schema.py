@@ -154,6 +154,9 @@ class OnnxInfo(_Section):
     full_check: str | None = _doc("'passed': onnx.checker's full check (shape inference) too")
     sparse_variant_full_check: str | None = _doc("'passed', or 'failed: <why>'")
     dynamic_axes: list[str] | None = _doc("the input axes of any size: batch, height, width")
+    flushed: int | None = _doc("weight values under 1.08e-19 (the square root of float32's "
+                               "smallest normal) set to 0: products of two such are subnormal, "
+                               "which CPUs compute many times slower")
     metadata: dict[str, str] | None = _doc("what the files' metadata_props hold")
 
 

@@ -3,7 +3,10 @@
 Each removable group keeps a multiple of `round_to` channels (or all of them, or its minimum):
 its removal steps take its weakest remaining channels down to the next multiple. The steps of
 all groups are merged by the largest score they remove, and the shortest prefix that reaches
-the speed-up is cut: the target is met, overshot by at most one step.
+the speed-up is cut: the target is met, overshot by at most one step. That step can be large (a
+residual stream's last block of channels removes them from every layer it couples), so the
+strongest steps taken before it are then given back, other groups' last steps first, while the
+target still holds: in the end no group can keep one more step.
 """
 
 from __future__ import annotations
@@ -59,9 +62,11 @@ def removed_by(steps: list[_Step], count: int) -> Removed:
 
 
 def cut_to_speedup(groups: list[ChannelGroup], scores: dict[str, Tensor], round_to: int,
-                   target: float, speedup: Callable[[Removed], float]) -> Removed:  # fmt: skip
-    """The fewest weakest channels whose removal reaches `speedup(removed) >= target` (all
-    removable ones if even that falls short)."""
+                   target: float, speedup: Callable[[Removed], float],
+                   estimate: Callable[[Removed], float] | None = None) -> Removed:  # fmt: skip
+    """The weakest channels whose removal reaches `speedup(removed) >= target` (all removable
+    ones if even that falls short), given back a step at a time where it overshoots; `estimate`,
+    a cheaper speed-up, picks the steps to give back, which `speedup` then confirms."""
     steps = removal_steps(groups, scores, round_to)
     low, high = 0, len(steps)  # speedup(removed_by(high)) is the most there is
     while low < high:
@@ -70,7 +75,38 @@ def cut_to_speedup(groups: list[ChannelGroup], scores: dict[str, Tensor], round_
             high = middle
         else:
             low = middle + 1
-    return removed_by(steps, low)
+    taken = steps[:low]
+    if not taken or speedup(removed_by(taken, low)) < target:
+        return removed_by(taken, low)
+    given_back = _given_back(taken, target, estimate or speedup)
+    low, high = 0, len(given_back)  # the longest run of them the exact count confirms
+    while low < high:
+        middle = (low + high + 1) // 2
+        if speedup(_without(taken, given_back[:middle])) >= target:
+            low = middle
+        else:
+            high = middle - 1
+    return _without(taken, given_back[:low])
+
+
+def _given_back(taken: list[_Step], target: float,
+                speedup: Callable[[Removed], float]) -> list[_Step]:  # fmt: skip
+    """Taken steps that can be undone, strongest first, each while `speedup` still reaches the
+    target; a group gives back only its last steps (the last taken step's group none), and
+    never channels scored -inf (removed for good)."""
+    blocked, back = {taken[-1].group}, []
+    for step in reversed(taken[:-1]):  # a group's later steps come first
+        if step.group in blocked or step.priority == -float("inf"):
+            continue
+        if speedup(_without(taken, [*back, step])) >= target:
+            back.append(step)
+        else:
+            blocked.add(step.group)
+    return back
+
+
+def _without(steps: list[_Step], undone: list[_Step]) -> Removed:
+    return removed_by([s for s in steps if s not in undone], len(steps))
 
 
 def keep_masks(groups: list[ChannelGroup], removed: Removed) -> dict[str, Tensor]:
