@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from dwfc.errors import ExportCheckError, InputError, first_line
 from dwfc.export.runtime import eval_mode, model_device, ort_session
 from dwfc.export.sparse_file import existing_file
 from dwfc.inputs import Inputs
+
+if TYPE_CHECKING:
+    import onnx
 
 SPARSE_ONNX_NOTE = (
     "onnxruntime expands sparse initializers to dense tensors when it loads the model: the file "
@@ -120,22 +123,33 @@ def export_onnx(
                 )
         except Exception as exc:
             raise ExportCheckError(f"ONNX export failed: {first_line(exc)}") from exc
-        flushed = flush_negligible(tmp)
-        if metadata:
-            set_metadata(tmp, metadata)
+        flushed = _finish(tmp, metadata or {})
         problem = full_check(tmp)
         if problem is not None:
             raise ExportCheckError(f"{path}: ONNX checker failed: {problem}")
     return flushed
 
 
-def flush_negligible(path: _PathLike) -> int:
-    """Set the floating-point initializer values of magnitude under FLUSH_BELOW to zero, in
-    place; returns how many there were (the file is rewritten only if any)."""
+def _finish(path: _PathLike, metadata: Mapping[str, str]) -> int:
+    """Flush the negligible weights of a fresh export and add its metadata, in one rewrite;
+    returns how many values were flushed."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(path))
+    flushed = flush_negligible(model)
+    if metadata:
+        _add_metadata(model, metadata)
+    if flushed or metadata:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(model.SerializeToString())
+    return flushed
+
+
+def flush_negligible(model: onnx.ModelProto) -> int:
+    """Set the floating-point initializer values of magnitude under FLUSH_BELOW to zero, in
+    place; returns how many there were."""
+    from onnx import numpy_helper
+
     flushed = 0
     for init in model.graph.initializer:
         if init.data_type not in _SPARSE_ONNX_TYPES:
@@ -146,9 +160,6 @@ def flush_negligible(path: _PathLike) -> int:
             flushed += int(negligible.sum())
             init.CopyFrom(numpy_helper.from_array(np.where(negligible, 0, values)
                                                   .astype(values.dtype), init.name))  # fmt: skip
-    if flushed:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(model.SerializeToString())
     return flushed
 
 
@@ -157,14 +168,18 @@ def set_metadata(path: _PathLike, metadata: Mapping[str, str]) -> None:
     import onnx
 
     model = onnx.load(str(path))
+    _add_metadata(model, metadata)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+
+
+def _add_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     props.update(metadata)
     del model.metadata_props[:]
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(model.SerializeToString())
 
 
 def full_check(path: _PathLike, full: bool = True) -> str | None:

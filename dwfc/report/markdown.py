@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from dwfc._atomic import write_bytes_atomic, write_text_atomic
+from dwfc.export.onnx_file import FLUSH_BELOW
 from dwfc.methods import METHODS, REGISTRIES
 from dwfc.outputs import (
     LAYER_PLOT,
@@ -394,8 +395,8 @@ def _onnx_section(r: RunReport) -> str:
         rows[4:4] = [["Full check (strict shape inference)", text(o.full_check)],
                      ["Dynamic input axes", text(", ".join(o.dynamic_axes or []))]]
     if o.flushed is not None:
-        rows.append(["Weight values under 1.08e-19 set to 0 (subnormal products are slow)",
-                     text(o.flushed)])
+        rows.append([f"Weight values under {FLUSH_BELOW:.3g} set to 0 (subnormal products are "
+                     "slow)", text(o.flushed)])  # fmt: skip
     if variant and o.sparse_variant_full_check:
         rows.append(["Sparse variant full check", text(o.sparse_variant_full_check)])
     md = "## ONNX check\n\n" + ("ONNX export was not run.\n\n" if not o.model_fields_set else "")

@@ -75,8 +75,8 @@ def cut_to_speedup(groups: list[ChannelGroup], scores: dict[str, Tensor], round_
             high = middle
         else:
             low = middle + 1
-    taken = steps[:low]
-    if not taken or speedup(removed_by(taken, low)) < target:
+    taken = steps[:low]  # reaches the target, unless even every step falls short
+    if not taken or (low == len(steps) and speedup(removed_by(taken, low)) < target):
         return removed_by(taken, low)
     given_back = _given_back(taken, target, estimate or speedup)
     low, high = 0, len(given_back)  # the longest run of them the exact count confirms
@@ -106,7 +106,8 @@ def _given_back(taken: list[_Step], target: float,
 
 
 def _without(steps: list[_Step], undone: list[_Step]) -> Removed:
-    return removed_by([s for s in steps if s not in undone], len(steps))
+    skipped = set(undone)
+    return removed_by([s for s in steps if s not in skipped], len(steps))
 
 
 def keep_masks(groups: list[ChannelGroup], removed: Removed) -> dict[str, Tensor]:
